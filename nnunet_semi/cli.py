@@ -1,0 +1,39 @@
+"""``nnunet_semi``: small helper commands.
+
+    nnunet_semi ext-path       the folder to put into nnUNet_extTrainer yourself (the installed start-up hook
+                               does it for you unless NNUNET_SEMI_NO_HOOK=1)
+    nnunet_semi small-plans    write nnUNetSmallPlans (fewer features, batch 2) for CPU runs
+"""
+import argparse
+import os
+
+import nnunet_semi
+
+
+def ext_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(nnunet_semi.__file__)), '_ext')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='nnunet_semi', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version=nnunet_semi.__version__)
+    sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('ext-path', help='print the trainer shim folder for nnUNet_extTrainer')
+    small = sub.add_parser('small-plans', help='write small plans (fewer features, small batch) for CPU runs')
+    small.add_argument('-d', required=True, help='dataset name or id')
+    small.add_argument('-p', default='nnUNetPlans', help='source plans (default nnUNetPlans)')
+    small.add_argument('-o', default='nnUNetSmallPlans', help='name of the plans written (default nnUNetSmallPlans)')
+    small.add_argument('--features', type=int, nargs=2, default=(8, 64), metavar=('BASE', 'MAX'),
+                       help='features of the first stage and the cap (default 8 64)')
+    small.add_argument('--batch_size', type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.command == 'ext-path':
+        print(ext_path())
+    elif args.command == 'small-plans':
+        from nnunet_semi.planners.small_plans import write_small_plans
+        print(write_small_plans(args.d, args.p, args.o, args.features[0], args.features[1], args.batch_size))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,67 @@
+"""The unlabeled loader: nnU-Net's patch sampling and augmentation, images only.
+
+A batch is ``{'data': float tensor (B, C, *patch_size), 'keys': [...]}``. The loader opens image files only: the
+segmentation and the properties file (whose class locations come from the labels) are never read, so cases with
+hidden labels stay unlabeled. Patches are placed uniformly at random (no foreground oversampling: there is no
+foreground to oversample).
+"""
+import os
+from typing import Dict
+
+import blosc2
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from batchgenerators.utilities.file_and_folder_operations import isfile
+from threadpoolctl import threadpool_limits
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+
+class UnlabeledImages:
+    """Images of unlabeled cases, by key. ``cases``: key -> file path without ending (``.b2nd``, or ``.npz`` for data
+    preprocessed by older nnU-Net versions)."""
+
+    def __init__(self, cases: Dict[str, str]):
+        self.cases = dict(cases)
+        self.identifiers = sorted(self.cases)
+        self.mmap_kwargs = {} if os.name == 'nt' else {'mmap_mode': 'r'}
+
+    def __len__(self):
+        return len(self.identifiers)
+
+    def load_image(self, key: str):
+        path = self.cases[key]
+        if isfile(path + '.b2nd'):
+            return blosc2.open(urlpath=path + '.b2nd', mode='r', dparams={'nthreads': 1}, **self.mmap_kwargs)
+        if isfile(path + '.npy'):
+            return np.load(path + '.npy', mmap_mode='r')
+        return np.load(path + '.npz')['data']  # npz members load lazily: 'seg' is not read
+
+
+class UnlabeledDataLoader(nnUNetDataLoader):
+    """nnUNetDataLoader's sampling (2d or 3d, padding for the augmentation's larger initial patch) on images only."""
+
+    def __init__(self, data: UnlabeledImages, batch_size: int, patch_size, final_patch_size, label_manager,
+                 transforms=None):
+        super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
+                         oversample_foreground_percent=0.0, transforms=transforms)
+        self.has_ignore = False  # random placement, never the label-derived class locations
+
+    def generate_train_batch(self):
+        keys = self.get_indices()
+        images = []
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for key in keys:
+                image = self._data.load_image(key)
+                bbox_lbs, bbox_ubs = self.get_bbox(image.shape[1:], False, None)
+                bbox = [[lb, ub] for lb, ub in zip(bbox_lbs, bbox_ubs)]
+                patch = torch.from_numpy(crop_and_pad_nd(image, bbox, 0)).float()
+                if self.patch_size_was_2d:
+                    patch = patch[:, 0]
+                if self.transforms is not None:
+                    # nnU-Net's transforms expect a segmentation; an all-background one carries no label
+                    empty = torch.zeros((1, *patch.shape[1:]), dtype=torch.int16)
+                    patch = self.transforms(image=patch, segmentation=empty)['image']
+                images.append(patch)
+        return {'data': torch.stack(images), 'keys': keys}

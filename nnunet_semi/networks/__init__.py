@@ -1,0 +1,1 @@
+"""Plain torch modules and module utilities. Nothing here imports a trainer."""

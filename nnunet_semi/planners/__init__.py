@@ -1,0 +1,1 @@
+"""Plans for semi-supervised training."""

@@ -1,0 +1,7 @@
+"""The public trainers (DESIGN.md), found by nnU-Net through the shim in nnunet_semi/_ext."""
+from nnunet_semi.trainers import mean_teacher, stock
+from nnunet_semi.trainers.base import nnUNetTrainerSemi
+from nnunet_semi.trainers.mean_teacher import *  # noqa: F401,F403
+from nnunet_semi.trainers.stock import *  # noqa: F401,F403
+
+__all__ = ['nnUNetTrainerSemi'] + mean_teacher.__all__ + stock.__all__

@@ -1,0 +1,319 @@
+"""nnUNetTrainerSemi: what every semi-supervised trainer shares.
+
+A method subclasses it and writes only its own parts:
+
+- ``build_semi_modules()``: the extra modules (teacher, second network, heads), created once ``self.network``
+  exists; ``semi_modules()`` names them, so the base moves, saves and restores them;
+- ``compute_losses(data, target, unlabeled)``: the forward pass and the loss terms of one iteration, as
+  ``{name: (weight, loss)}``;
+- optionally ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
+  ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), and extra
+  optimizers through ``register_optimizer``.
+
+The base does the rest once: a second loader of unlabeled batches, moving both batches to the device, autocast on
+CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer, logging each term
+(training log and progress.png), and saving everything beyond ``self.network`` under the ``nnunet_semi`` key of
+nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so stock
+``nnUNetv2_predict`` loads the result.
+"""
+import os
+import random
+from contextlib import contextmanager
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast, nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+import nnunet_semi
+from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
+from nnunet_semi.data.unlabeled import collect_unlabeled_cases
+from nnunet_semi.losses.consistency import probabilities
+from nnunet_semi.trainers.progress import SemiLocalLogger
+
+CHECKPOINT_KEY = 'nnunet_semi'
+LossTerms = Dict[str, Tuple[float, torch.Tensor]]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers."""
+    if isinstance(module, DDP):
+        module = module.module
+    if isinstance(module, OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
+@contextmanager
+def _n_proc_DA(n: int):
+    """nnU-Net reads its augmentation worker count from nnUNet_n_proc_DA; set it for the duration of a call."""
+    old = os.environ.get('nnUNet_n_proc_DA')
+    os.environ['nnUNet_n_proc_DA'] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ['nnUNet_n_proc_DA']
+        else:
+            os.environ['nnUNet_n_proc_DA'] = old
+
+
+class nnUNetTrainerSemi(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise RuntimeError(f'{self.__class__.__name__} does not support cascaded configurations '
+                               f'({configuration}): unlabeled cases have no previous-stage segmentation. Train '
+                               f'3d_fullres or 2d instead.')
+        self.batch_size_unlabeled = None  # None: the planned batch size
+        self.save_every = 1  # a semi epoch costs more than a stock one: never lose more than one
+        self.dataloader_unlabeled = None
+        self.num_unlabeled_cases = 0
+        self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
+        self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
+        self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
+        self.logger.local_logger = SemiLocalLogger.take_over(self.logger.local_logger)
+
+    # ------------------------------------------------------------------ what a method provides
+    def build_semi_modules(self) -> None:
+        """Create the method's extra modules and optimizers. Called once, right after self.network is built."""
+
+    def semi_modules(self) -> Dict[str, nn.Module]:
+        """The method's extra modules by name: moved to the device, saved and restored with the checkpoint."""
+        return {}
+
+    def compute_losses(self, data: torch.Tensor, target: Union[torch.Tensor, List[torch.Tensor]],
+                       unlabeled: torch.Tensor) -> LossTerms:
+        """One iteration's forward pass and loss terms: {name: (weight, unweighted scalar loss)}.
+
+        data: the labeled batch (B, C, *patch); target: its segmentation (a list over deep supervision scales when
+        deep supervision is on); unlabeled: the unlabeled batch (B_u, C, *patch). All on self.device."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. an EMA update)."""
+
+    def on_semi_train_start(self, resumed: bool) -> None:
+        """Called at the start of training, after dataloaders exist. ``resumed``: the nnunet_semi state came from a
+        checkpoint (--c); otherwise self.network may hold -pretrained_weights that extra modules should follow."""
+
+    def semi_state_dict(self) -> dict:
+        """State that is not a module (a memory bank, counters), saved with the checkpoint."""
+        return {}
+
+    def load_semi_state_dict(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers for methods
+    def register_optimizer(self, name: str, optimizer: torch.optim.Optimizer, initial_lr: float) -> None:
+        """An optimizer besides self.optimizer: stepped every iteration, clipped with the rest, on nnU-Net's poly
+        schedule, saved and restored."""
+        self.semi_optimizers[name] = (optimizer, PolyLRScheduler(optimizer, initial_lr, self.num_epochs))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return probabilities(logits, self.label_manager.has_regions)
+
+    @staticmethod
+    def split_batch(output, n: int):
+        """Split network output (a tensor, or a list over deep supervision scales) into the first n samples and
+        the rest."""
+        if isinstance(output, (list, tuple)):
+            return [o[:n] for o in output], [o[n:] for o in output]
+        return output[:n], output[n:]
+
+    @staticmethod
+    def full_resolution(output) -> torch.Tensor:
+        """The full-resolution output of a network with or without deep supervision."""
+        return output[0] if isinstance(output, (list, tuple)) else output
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        super().initialize()
+        self.build_semi_modules()
+        for module in self.semi_modules().values():
+            module.to(self.device)
+
+    def get_dataloaders(self):
+        # the unlabeled loader's workers come out of the same nnUNet_n_proc_DA budget as the labeled ones
+        budget = get_allowed_n_proc_DA()
+        n_unlabeled = budget // 2
+        with _n_proc_DA(budget - n_unlabeled):
+            dataloader_train, dataloader_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
+        return dataloader_train, dataloader_val
+
+    def get_unlabeled_dataloader(self, num_processes: int):
+        cases = collect_unlabeled_cases(self.preprocessed_dataset_folder_base,
+                                        self.configuration_manager.data_identifier, self.fold)
+        self.num_unlabeled_cases = len(cases)
+        batch_size = self.batch_size_unlabeled or self.batch_size
+        n_hidden = sum(k.startswith('hidden:') for k in cases)
+        self.print_to_log_file(f'Unlabeled cases: {len(cases)} ({len(cases) - n_hidden} from imagesUnlabeled, '
+                               f'{n_hidden} with labels hidden by nnUNetv2_semi_split); unlabeled batch size '
+                               f'{batch_size}; {num_processes} augmentation worker(s) for them')
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        loader = UnlabeledDataLoader(UnlabeledImages(cases), batch_size, initial_patch_size,
+                                     self.configuration_manager.patch_size, self.label_manager, transforms=transforms)
+        if num_processes == 0:
+            augmenter = SingleThreadedAugmenter(loader, None)
+        else:
+            augmenter = NonDetMultiThreadedAugmenter(loader, None, num_processes, max(6, num_processes // 2),
+                                                     seeds=None, pin_memory=self.device.type == 'cuda',
+                                                     wait_time=0.002)
+        next(augmenter)
+        return augmenter
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.on_semi_train_start(self.semi_restored)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    # ------------------------------------------------------------------ training
+    def _optimizers(self) -> List[torch.optim.Optimizer]:
+        return [self.optimizer] + [opt for opt, _ in self.semi_optimizers.values()]
+
+    def _trained_parameters(self) -> List[torch.nn.Parameter]:
+        seen, params = set(), []
+        for opt in self._optimizers():
+            for group in opt.param_groups:
+                for p in group['params']:
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        return params
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for _, scheduler in self.semi_optimizers.values():
+            scheduler.step(self.current_epoch)
+        for module in self.semi_modules().values():
+            module.train()
+        self.iteration = self.current_epoch * self.num_iterations_per_epoch
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        unlabeled = next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
+
+        optimizers = self._optimizers()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            terms = self.compute_losses(data, target, unlabeled)
+            total = sum(weight * loss for weight, loss in terms.values())
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            for opt in optimizers:
+                self.grad_scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
+            for opt in optimizers:
+                self.grad_scaler.step(opt)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
+            for opt in optimizers:
+                opt.step()
+        self.after_optimizer_step()
+        self.iteration += 1
+
+        out = {'loss': total.detach().cpu().numpy()}
+        for name, (weight, loss) in terms.items():
+            out['term_' + name] = float(loss.detach().cpu()) if torch.is_tensor(loss) else float(loss)
+            out['weight_' + name] = float(weight)
+        return out
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        names = [k[len('term_'):] for k in outputs if k.startswith('term_')]
+        for name in names:
+            self.logger.local_logger.log_term(name, np.mean(outputs['term_' + name]),
+                                              np.mean(outputs['weight_' + name]), self.current_epoch)
+        self.print_to_log_file('loss terms: ' + ', '.join(
+            f'{name} {np.mean(outputs["term_" + name]):.4f} (weight {np.mean(outputs["weight_" + name]):.4g})'
+            for name in names))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _semi_checkpoint(self) -> dict:
+        return {
+            'version': nnunet_semi.__version__,
+            'modules': {name: unwrap(m).state_dict() for name, m in self.semi_modules().items()},
+            'optimizers': {name: opt.state_dict() for name, (opt, _) in self.semi_optimizers.items()},
+            'state': self.semi_state_dict(),
+            'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(),
+                    'cuda': torch.cuda.get_rng_state_all() if self.device.type == 'cuda' else None},
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the nnunet_semi key, written atomically (an interruption while writing leaves
+        the previous file intact)."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file('No checkpoint written, checkpointing is disabled')
+            return
+        checkpoint = {
+            'network_weights': unwrap(self.network).state_dict(),
+            'optimizer_state': self.optimizer.state_dict(),
+            'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            'logging': self.logger.get_checkpoint(),
+            '_best_ema': self._best_ema,
+            'current_epoch': self.current_epoch + 1,
+            'init_args': self.my_init_kwargs,
+            'trainer_name': self.__class__.__name__,
+            'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+            CHECKPOINT_KEY: self._semi_checkpoint(),
+        }
+        partial = filename + '.partial'
+        torch.save(checkpoint, partial)
+        os.replace(partial, filename)
+
+    def load_checkpoint(self, filename: str) -> None:
+        """nnU-Net's restore (a filename: nnunetv2 2.8.1 cannot take a dict here), then the nnunet_semi state."""
+        super().load_checkpoint(filename)
+        checkpoint = torch.load(filename, map_location=self.device, weights_only=False)
+        semi = checkpoint.get(CHECKPOINT_KEY)
+        if semi is None:
+            self.print_to_log_file(f'WARNING: the checkpoint has no {CHECKPOINT_KEY} state (written by another '
+                                   f'trainer?): the extra modules of {self.__class__.__name__} start afresh.')
+            return
+        for name, module in self.semi_modules().items():
+            unwrap(module).load_state_dict(semi['modules'][name])
+        for name, (opt, _) in self.semi_optimizers.items():
+            opt.load_state_dict(semi['optimizers'][name])
+        self.load_semi_state_dict(semi['state'])
+        rng = semi['rng']
+        torch.set_rng_state(rng['torch'].cpu())
+        np.random.set_state(rng['numpy'])
+        random.setstate(rng['python'])
+        if rng['cuda'] is not None and self.device.type == 'cuda':
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng['cuda']])
+        self.semi_restored = True

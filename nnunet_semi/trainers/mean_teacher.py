@@ -1,0 +1,66 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017), as used as the baseline of the semi-supervised medical
+segmentation papers this package implements.
+
+The teacher is an exponential moving average of the student's weights. Each iteration the student learns the
+labeled batch with nnU-Net's loss, and matches the teacher's prediction on the unlabeled batch, both seeing it under
+independent Gaussian noise; the weight of that consistency term ramps up along a sigmoid curve.
+
+The deployed network (``self.network``, what nnU-Net validates, checkpoints and predicts with) is the student, as in
+the medical reference code (UA-MT, SSL4MIS), which evaluates the student; the teacher is saved under the
+checkpoint's ``nnunet_semi`` key.
+"""
+from copy import deepcopy
+
+import torch
+
+from nnunet_semi.losses.consistency import softmax_mse
+from nnunet_semi.networks.ema import ema_decay_at, ema_update
+from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.ramps import sigmoid_rampup
+from nnunet_semi.trainers.variants import add_short_variants
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ema_decay = 0.99
+        self.consistency_weight = 0.1  # at full strength (UA-MT, SSL4MIS)
+        self.consistency_rampup = 0.4  # fraction of all training iterations the sigmoid ramp-up takes
+        self.noise_std = 0.1  # Gaussian input noise on the normalised image, clipped to +-noise_clip
+        self.noise_clip = 0.2
+
+    def build_semi_modules(self):
+        self.teacher = deepcopy(unwrap(self.network))
+        self.teacher.requires_grad_(False)
+
+    def semi_modules(self):
+        return {'teacher': self.teacher}
+
+    def on_semi_train_start(self, resumed: bool):
+        if not resumed:  # the teacher starts as the student (which may hold -pretrained_weights)
+            self.teacher.load_state_dict(unwrap(self.network).state_dict())
+
+    def perturb(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.clamp(torch.randn_like(x) * self.noise_std, -self.noise_clip, self.noise_clip)
+
+    def consistency_weight_now(self) -> float:
+        length = self.consistency_rampup * self.num_epochs * self.num_iterations_per_epoch
+        return self.consistency_weight * sigmoid_rampup(self.iteration, length)
+
+    def compute_losses(self, data, target, unlabeled):
+        n = data.shape[0]
+        student_labeled, student_unlabeled = self.split_batch(
+            self.network(torch.cat((data, self.perturb(unlabeled)))), n)
+        with torch.no_grad():
+            teacher_unlabeled = self.teacher(self.perturb(unlabeled))
+        consistency = softmax_mse(self.full_resolution(student_unlabeled), self.full_resolution(teacher_unlabeled),
+                                  self.label_manager.has_regions)
+        return {'supervised': (1.0, self.loss(student_labeled, target)),
+                'consistency': (self.consistency_weight_now(), consistency)}
+
+    def after_optimizer_step(self):
+        ema_update(self.teacher, unwrap(self.network), ema_decay_at(self.iteration, self.ema_decay))
+
+
+__all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals())

@@ -1,0 +1,76 @@
+"""nnU-Net's local logger with the loss terms of a semi-supervised method: one value per epoch each, and a fourth
+panel in progress.png that draws every term (solid, left axis) and its weight (dashed, right axis)."""
+import math
+
+import matplotlib
+
+matplotlib.use('agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
+
+from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
+
+TERM_PREFIX = 'term_'
+WEIGHT_PREFIX = 'weight_'
+
+
+class SemiLocalLogger(LocalLogger):
+    @classmethod
+    def take_over(cls, old: LocalLogger) -> 'SemiLocalLogger':
+        new = cls(old.verbose)
+        new.my_fantastic_logging = old.my_fantastic_logging
+        return new
+
+    def load_checkpoint(self, checkpoint: dict):
+        self.my_fantastic_logging = checkpoint
+
+    def log_term(self, name: str, value: float, weight: float, epoch: int):
+        for key, v in ((TERM_PREFIX + name, value), (WEIGHT_PREFIX + name, weight)):
+            if key not in self.my_fantastic_logging:
+                # a term first seen now (e.g. after resuming with a newer version): earlier epochs are unknown
+                self.my_fantastic_logging[key] = [math.nan] * epoch
+            self.log(key, float(v), epoch)
+
+    def term_names(self):
+        return [k[len(TERM_PREFIX):] for k in self.my_fantastic_logging if k.startswith(TERM_PREFIX)]
+
+    def plot_progress_png(self, output_folder):
+        log = self.my_fantastic_logging
+        epoch = min(len(v) for v in log.values()) - 1
+        x = list(range(epoch + 1))
+        fig, axes = plt.subplots(4, 1, figsize=(30, 72))
+        sns.set(font_scale=2.5)
+
+        ax = axes[0]
+        ax.plot(x, log['train_losses'][:epoch + 1], color='b', label='loss_tr (weighted sum)', linewidth=4)
+        ax.plot(x, log['val_losses'][:epoch + 1], color='r', label='loss_val', linewidth=4)
+        ax2 = ax.twinx()
+        ax2.plot(x, log['mean_fg_dice'][:epoch + 1], color='g', ls='dotted', label='pseudo dice', linewidth=3)
+        ax2.plot(x, log['ema_fg_dice'][:epoch + 1], color='g', label='pseudo dice (mov. avg.)', linewidth=4)
+        ax.set_xlabel('epoch'); ax.set_ylabel('loss'); ax2.set_ylabel('pseudo dice')
+        ax.legend(loc=(0, 1)); ax2.legend(loc=(0.2, 1))
+
+        ax = axes[1]
+        durations = [e - s for e, s in zip(log['epoch_end_timestamps'][:epoch + 1], log['epoch_start_timestamps'])]
+        ax.plot(x, durations, color='b', label='epoch duration', linewidth=4)
+        ax.set_ylim(bottom=0); ax.set_xlabel('epoch'); ax.set_ylabel('time [s]'); ax.legend(loc=(0, 1))
+
+        ax = axes[2]
+        ax.plot(x, log['lrs'][:epoch + 1], color='b', label='learning rate', linewidth=4)
+        ax.set_xlabel('epoch'); ax.set_ylabel('learning rate'); ax.legend(loc=(0, 1))
+
+        ax = axes[3]
+        ax2 = ax.twinx()
+        colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+        for i, name in enumerate(self.term_names()):
+            c = colors[i % len(colors)]
+            ax.plot(x, log[TERM_PREFIX + name][:epoch + 1], color=c, label=name, linewidth=4)
+            ax2.plot(x, log[WEIGHT_PREFIX + name][:epoch + 1], color=c, ls='--', label=f'weight {name}', linewidth=3)
+        ax.set_yscale('log', nonpositive='mask')
+        ax.set_xlabel('epoch'); ax.set_ylabel('loss term (unweighted, log scale)'); ax2.set_ylabel('weight')
+        ax.legend(loc=(0, 1)); ax2.legend(loc=(0.4, 1))
+
+        plt.tight_layout()
+        fig.savefig(join(output_folder, 'progress.png'))
+        plt.close(fig)
