@@ -1,0 +1,68 @@
+"""Shared fixtures: nnU-Net folders in a temporary directory, and one prepared tiny dataset per session.
+
+The tiny dataset (synthetic, 10 labeled + 8 unlabeled 24x32x32 cases) is planned and preprocessed once by stock
+nnU-Net for 2d and 3d_fullres, with nnUNetSmallPlans (8-64 features, batch 2) written beside the stock plans.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TINY_ID = 990
+TINY_NAME = f'Dataset{TINY_ID:03d}_SemiDemo'
+SMALL = 'nnUNetSmallPlans'
+SHARED_DATA = Path(os.environ.get('NNUNET_SEMI_SHARED_DATA', Path(__file__).resolve().parents[2] / 'shared' / 'data'))
+
+
+def run(cmd, env, ok=True, timeout=900):
+    """Run one of nnU-Net's (or our) console scripts of this environment; return its output."""
+    cmd = [str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0]] + [str(c) for c in cmd[1:]]
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if ok and p.returncode != 0:
+        raise AssertionError(f'{" ".join(cmd)} failed with exit code {p.returncode}:\n{p.stdout[-6000:]}')
+    if not ok and p.returncode == 0:
+        raise AssertionError(f'{" ".join(cmd)} was expected to fail:\n{p.stdout[-6000:]}')
+    return p.stdout
+
+
+@pytest.fixture(scope='session')
+def nnunet_env(tmp_path_factory):
+    """nnUNet_raw/preprocessed/results in a temporary folder, set for this process and for subprocesses."""
+    root = tmp_path_factory.mktemp('nnunet')
+    env = {'nnUNet_raw': root / 'raw', 'nnUNet_preprocessed': root / 'preprocessed', 'nnUNet_results': root / 'results'}
+    for v in env.values():
+        v.mkdir()
+    env = {k: str(v) for k, v in env.items()}
+    env.update(nnUNet_n_proc_DA='0', nnUNet_def_n_proc='1', nnUNet_compile='0', PYTHONUNBUFFERED='1')
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield dict(os.environ)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def plan_env(env):
+    """Stock planning crashes with nnUNet_n_proc_DA=0 (torch.set_num_threads(0)): plan with it unset."""
+    e = dict(env)
+    e.pop('nnUNet_n_proc_DA', None)
+    return e
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset(nnunet_env):
+    from nnunet_semi.data.synthetic import make_synthetic_dataset
+    from nnunet_semi.planners.small_plans import write_small_plans
+
+    raw = make_synthetic_dataset(nnunet_env['nnUNet_raw'], TINY_ID)
+    run(['nnUNetv2_plan_and_preprocess', '-d', TINY_ID, '-c', '2d', '3d_fullres', '-np', '1',
+         '--verify_dataset_integrity'], plan_env(nnunet_env))
+    write_small_plans(TINY_ID)
+    return {'id': TINY_ID, 'name': TINY_NAME, 'raw': Path(raw),
+            'preprocessed': Path(nnunet_env['nnUNet_preprocessed']) / TINY_NAME,
+            'results': Path(nnunet_env['nnUNet_results']) / TINY_NAME, 'env': nnunet_env}

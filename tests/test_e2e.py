@@ -1,0 +1,171 @@
+"""End to end through nnU-Net's own commands on the tiny generated dataset (see conftest.py), small plans, CPU."""
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import BIN, SMALL, run
+from nnunet_semi.data.unlabeled import committed_cases
+
+pytestmark = pytest.mark.e2e
+MT = 'nnUNetTrainerMeanTeacher_smoke'
+
+
+def model_folder(ds, trainer, configuration, fold):
+    return ds['results'] / f'{trainer}__{SMALL}__{configuration}' / f'fold_{fold}'
+
+
+def train_cmd(ds, configuration, fold, trainer=MT, *extra):
+    return ['nnUNetv2_train', ds['id'], configuration, fold, '-tr', trainer, '-p', SMALL, '-device', 'cpu', *extra]
+
+
+def newest_log(folder: Path) -> str:
+    return sorted(folder.glob('training_log_*.txt'))[-1].read_text()
+
+
+@pytest.fixture(scope='module')
+def unlabeled_3d(tiny_dataset):
+    run(['nnUNetv2_semi_preprocess', '-d', tiny_dataset['id'], '-c', '3d_fullres', '-p', SMALL], tiny_dataset['env'])
+    return tiny_dataset['preprocessed'] / 'nnUNetPlans_3d_fullres_unlabeled'
+
+
+def test_semi_preprocess_output_and_interrupted_rerun(tiny_dataset, unlabeled_3d):
+    expected = [f'unl_{i:03d}' for i in range(8)]
+    assert committed_cases(str(unlabeled_3d)) == expected
+    import blosc2
+    image = blosc2.open(str(unlabeled_3d / 'unl_000.b2nd'), mode='r')[:]
+    labeled = blosc2.open(str(tiny_dataset['preprocessed'] / 'nnUNetPlans_3d_fullres' / 'case_000.b2nd'), mode='r')[:]
+    assert image.shape == labeled.shape == (1, 24, 32, 32)  # same plans, same spacing
+    assert abs(float(image.mean())) < 1.0  # z-scored with the labeled dataset's statistics, not raw intensities
+    # a run killed between writing a case's image and its properties leaves that case uncommitted
+    (unlabeled_3d / 'unl_003.pkl').unlink()
+    before = (unlabeled_3d / 'unl_000.b2nd').stat().st_mtime_ns
+    out = run(['nnUNetv2_semi_preprocess', '-d', tiny_dataset['id'], '-c', '3d_fullres', '-p', SMALL],
+              tiny_dataset['env'])
+    assert '7 already preprocessed, 1 to do' in out
+    assert committed_cases(str(unlabeled_3d)) == expected
+    assert (unlabeled_3d / 'unl_000.b2nd').stat().st_mtime_ns == before  # done cases are not redone
+
+
+def test_semi_preprocess_errors_name_the_file_and_lose_nothing(tiny_dataset, unlabeled_3d, nnunet_env):
+    from nnunet_semi.data.synthetic import make_synthetic_dataset
+    env, d = tiny_dataset['env'], str(tiny_dataset['id'])
+    make_synthetic_dataset(nnunet_env['nnUNet_raw'], 992, 'NoPlans', n_labeled=2, n_unlabeled=1, n_test=0)
+    out = run(['nnUNetv2_semi_preprocess', '-d', '992'], env, ok=False)
+    assert 'Dataset992_NoPlans/nnUNetPlans.json not found' in out and 'nnUNetv2_plan_and_preprocess -d 992' in out
+
+    unlabeled_raw = tiny_dataset['raw'] / 'imagesUnlabeled'
+    clash = unlabeled_raw / 'case_000_0000.nii.gz'
+    bad = unlabeled_raw / 'unl_bad_0000.nii.gz'
+    try:
+        clash.write_bytes((tiny_dataset['raw'] / 'imagesTr' / 'case_000_0000.nii.gz').read_bytes())
+        out = run(['nnUNetv2_semi_preprocess', '-d', d, '-c', '3d_fullres', '-p', SMALL], env, ok=False)
+        assert 'case_000' in out and 'clash with labeled cases' in out
+        clash.unlink()
+        bad.write_bytes(b'this is not a NIfTI file')
+        out = run(['nnUNetv2_semi_preprocess', '-d', d, '-c', '3d_fullres', '-p', SMALL], env, ok=False)
+        assert f'could not preprocess {bad}' in out and 'Fix or remove these files' in out
+    finally:
+        for f in (clash, bad):
+            f.unlink(missing_ok=True)
+    assert len(committed_cases(str(unlabeled_3d))) == 8  # nothing already preprocessed was lost
+
+
+def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabeled_3d, tmp_path):
+    ds = tiny_dataset
+    run(train_cmd(ds, '3d_fullres', 0), ds['env'])
+    folder = model_folder(ds, MT, '3d_fullres', 0)
+    log = newest_log(folder)
+    assert 'Unlabeled cases: 8 (8 from imagesUnlabeled, 0 with labels hidden' in log
+    assert log.count('loss terms: supervised') == 3 and 'consistency' in log
+    assert (folder / 'progress.png').is_file() and (folder / 'validation' / 'summary.json').is_file()
+
+    ckpt = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    teacher = ckpt['nnunet_semi']['modules']['teacher']
+    assert teacher.keys() == ckpt['network_weights'].keys()
+    assert any(not torch.equal(teacher[k], ckpt['network_weights'][k]) for k in teacher)  # an EMA, not a copy
+    logged = ckpt['logging']
+    assert len(logged['term_consistency']) == 3 and logged['weight_consistency'][0] < logged['weight_consistency'][2]
+
+    out = tmp_path / 'pred'
+    run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', out, '-d', ds['id'], '-c', '3d_fullres', '-tr', MT,
+         '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
+    for case in ('test_000', 'test_001'):
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f'{case}.nii.gz')))
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(ds['raw'] / 'imagesTs' / f'{case}_0000.nii.gz')))
+        assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_interrupted_training_resumes_with_teacher_and_optimizer(tiny_dataset, unlabeled_3d):
+    ds = tiny_dataset
+    folder = model_folder(ds, MT, '3d_fullres', 1)
+    latest = folder / 'checkpoint_latest.pth'
+    cmd = train_cmd(ds, '3d_fullres', 1)
+    proc = subprocess.Popen([str(BIN / cmd[0])] + [str(c) for c in cmd[1:]], env=ds['env'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not latest.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert latest.is_file(), 'no checkpoint_latest.pth was written after the first epoch'
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (folder / 'checkpoint_final.pth').exists()
+    saved = torch.load(latest, map_location='cpu', weights_only=False)
+    assert 1 <= saved['current_epoch'] < 3
+
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(str(ds['id']), '3d_fullres', 1, MT, SMALL, True, device=torch.device('cpu'))
+    trainer.load_checkpoint(str(latest))
+    assert trainer.semi_restored and trainer.current_epoch == saved['current_epoch']
+    for k, v in saved['nnunet_semi']['modules']['teacher'].items():
+        assert torch.equal(trainer.teacher.state_dict()[k], v), k
+    restored_opt = trainer.optimizer.state_dict()
+    assert restored_opt['param_groups'] == saved['optimizer_state']['param_groups']
+    for i, state in saved['optimizer_state']['state'].items():
+        assert torch.equal(restored_opt['state'][i]['momentum_buffer'], state['momentum_buffer'])
+
+    run(train_cmd(ds, '3d_fullres', 1, MT, '--c'), ds['env'])
+    log = newest_log(folder)
+    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0\n' not in log
+    final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert len(final['logging']['term_consistency']) == 3 and final['current_epoch'] == 3
+
+
+def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
+    ds = tiny_dataset
+    run(train_cmd(ds, '3d_fullres', 2, 'nnUNetTrainer_smoke'), ds['env'])
+    stock = model_folder(ds, 'nnUNetTrainer_smoke', '3d_fullres', 2) / 'checkpoint_final.pth'
+    out = run(train_cmd(ds, '3d_fullres', 2, MT, '-pretrained_weights', stock), ds['env'])
+    assert 'Loading pretrained weights from file' in out
+
+    # the teacher starts from the pretrained student, not from the random initialisation
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(str(ds['id']), '3d_fullres', 3, MT, SMALL, False, device=torch.device('cpu'))
+    trainer.initialize()
+    load_pretrained_weights(trainer.network, str(stock))
+    trainer.on_semi_train_start(resumed=False)
+    pretrained = torch.load(stock, map_location='cpu', weights_only=False)['network_weights']
+    for k, v in trainer.teacher.state_dict().items():
+        assert torch.equal(v, trainer.network.state_dict()[k])
+        if '.seg_layers.' not in k:  # nnU-Net does not transfer the segmentation heads
+            assert torch.equal(v, pretrained[k]), k
+
+
+def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path):
+    ds = tiny_dataset
+    out = run(train_cmd(ds, '2d', 0), ds['env'], ok=False)
+    assert 'No unlabeled data for this training' in out and 'nnUNetv2_semi_preprocess' in out
+    run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL], ds['env'])
+    run(train_cmd(ds, '2d', 0), ds['env'])
+    assert 'loss terms: supervised' in newest_log(model_folder(ds, MT, '2d', 0))
+    run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', tmp_path, '-d', ds['id'], '-c', '2d', '-tr', MT,
+         '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
+    assert sorted(p.name for p in tmp_path.glob('*.nii.gz')) == ['test_000.nii.gz', 'test_001.nii.gz']
