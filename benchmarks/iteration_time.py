@@ -1,0 +1,112 @@
+"""Time per training iteration of semi trainers relative to stock nnUNetTrainer, on the same plans, in one run.
+
+    python benchmarks/iteration_time.py                       # generated tiny dataset, nnUNetSmallPlans, CPU
+    python benchmarks/iteration_time.py -d 4 -c 3d_fullres -p nnUNetPlans -device cuda   # your own, prepared
+
+The trainers are built side by side and their iterations interleaved (rounds of a few iterations each), so that
+machine load affects both alike. Two measurements per trainer: 'compute' feeds batches loaded beforehand (forward,
+backward, optimizer step, EMA), 'with loading' also draws the batches from nnU-Net's loaders (in-process when
+nnUNet_n_proc_DA=0, as set here by default). Reported: medians, and the ratio to stock.
+"""
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def _prepare_tiny(root: str) -> str:
+    from nnunet_semi.data.synthetic import make_synthetic_dataset
+    from nnunet_semi.planners.small_plans import write_small_plans
+    for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
+        os.environ[k] = os.path.join(root, k)
+        os.makedirs(os.environ[k], exist_ok=True)
+    make_synthetic_dataset(os.environ['nnUNet_raw'], 990)
+    env = {k: v for k, v in os.environ.items() if k != 'nnUNet_n_proc_DA'}
+    bin_dir = os.path.dirname(sys.executable)
+    subprocess.run([os.path.join(bin_dir, 'nnUNetv2_plan_and_preprocess'), '-d', '990', '-c', '3d_fullres', '-np',
+                    '2'], env=env, check=True, stdout=subprocess.DEVNULL)
+    write_small_plans(990)
+    subprocess.run([os.path.join(bin_dir, 'nnUNetv2_semi_preprocess'), '-d', '990', '-c', '3d_fullres', '-p',
+                    'nnUNetSmallPlans', '--no_pbar'], check=True, stdout=subprocess.DEVNULL)
+    return '990'
+
+
+def _trainer(name, dataset, configuration, plans, device):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    t = get_trainer_from_args(dataset, configuration, 0, name, plans, False, device=device)
+    t.on_train_start()
+    t.on_train_epoch_start()
+    return t
+
+
+def _time(fn, n):
+    times = []
+    for _ in range(n):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-d', default=None, help='prepared dataset (default: generate a tiny one in a temp folder)')
+    parser.add_argument('-c', default='3d_fullres')
+    parser.add_argument('-p', default='nnUNetSmallPlans')
+    parser.add_argument('-tr', nargs='+', default=['nnUNetTrainerMeanTeacher'])
+    parser.add_argument('-device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--rounds', type=int, default=8)
+    parser.add_argument('--iters', type=int, default=5, help='iterations per trainer per round')
+    args = parser.parse_args(argv)
+    os.environ.setdefault('nnUNet_n_proc_DA', '0')
+    os.environ.setdefault('nnUNet_def_n_proc', '1')
+    tmp = tempfile.TemporaryDirectory() if args.d is None else None
+    dataset = _prepare_tiny(tmp.name) if args.d is None else args.d
+    device = torch.device(args.device)
+
+    names = ['nnUNetTrainer'] + args.tr
+    trainers = {n: _trainer(n, dataset, args.c, args.p, device) for n in names}
+    # pre-loaded batches for the compute-only measurement
+    batches = {n: [next(t.dataloader_train) for _ in range(args.iters)] for n, t in trainers.items()}
+    unlabeled = {n: [next(t.dataloader_unlabeled) for _ in range(args.iters)] for n, t in trainers.items()
+                 if getattr(t, 'dataloader_unlabeled', None) is not None}
+    compute = {n: [] for n in names}
+    loading = {n: [] for n in names}
+    for n, t in trainers.items():  # warm-up
+        t.train_step(next(t.dataloader_train))
+    for _ in range(args.rounds):
+        for n, t in trainers.items():
+            loader_u = getattr(t, 'dataloader_unlabeled', None)
+            if n in unlabeled:
+                t.dataloader_unlabeled = itertools.cycle(unlabeled[n])
+            it = itertools.cycle(batches[n])
+            compute[n] += _time(lambda: t.train_step(next(it)), args.iters)
+            if n in unlabeled:
+                t.dataloader_unlabeled = loader_u
+            loading[n] += _time(lambda: t.train_step(next(t.dataloader_train)), args.iters)
+
+    base_c, base_l = statistics.median(compute['nnUNetTrainer']), statistics.median(loading['nnUNetTrainer'])
+    print(f'\nDataset {dataset}, {args.c}, plans {args.p}, device {device}, {args.rounds} rounds x {args.iters} '
+          f'interleaved iterations, nnUNet_n_proc_DA={os.environ["nnUNet_n_proc_DA"]}\n')
+    print('| trainer | compute: ratio to stock | with loading: ratio to stock |')
+    print('|---|---|---|')
+    for n in names:
+        print(f'| {n} | {statistics.median(compute[n]) / base_c:.2f} | {statistics.median(loading[n]) / base_l:.2f} |')
+    for t in trainers.values():
+        for dl in (t.dataloader_train, t.dataloader_val, getattr(t, 'dataloader_unlabeled', None)):
+            if hasattr(dl, '_finish'):
+                dl._finish()
+
+
+if __name__ == '__main__':
+    main()

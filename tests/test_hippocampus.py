@@ -1,0 +1,55 @@
+"""Real data: MSD Hippocampus from ../shared/data, labels of all but 5 training cases per fold hidden with
+nnUNetv2_semi_split, Mean Teacher through nnUNetv2_train and nnUNetv2_predict (3d_fullres, small plans, CPU)."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED_DATA, SMALL, plan_env, run
+
+pytestmark = pytest.mark.e2e
+HIPPOCAMPUS = SHARED_DATA / 'Dataset004_Hippocampus'
+MT = 'nnUNetTrainerMeanTeacher_smoke'
+
+
+@pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f'{HIPPOCAMPUS} is absent (a clone without ../shared/data)')
+def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
+    from nnunet_semi.planners.small_plans import write_small_plans
+
+    raw = tmp_path / 'raw' / 'Dataset004_Hippocampus'
+    raw.mkdir(parents=True)
+    for sub in ('imagesTr', 'labelsTr'):  # read-only source: link, never write into it
+        (raw / sub).symlink_to(HIPPOCAMPUS / sub)
+    shutil.copy(HIPPOCAMPUS / 'dataset.json', raw / 'dataset.json')
+    env = dict(nnunet_env, nnUNet_raw=str(tmp_path / 'raw'))
+
+    run(['nnUNetv2_plan_and_preprocess', '-d', '4', '-c', '3d_fullres', '-np', '2'], plan_env(env))
+    preprocessed = Path(env['nnUNet_preprocessed']) / 'Dataset004_Hippocampus'
+    write_small_plans(4)
+    run(['nnUNetv2_semi_split', '-d', '4', '-n', '5', '--seed', '0'], env)
+    splits = json.loads((preprocessed / 'splits_final.json').read_text())
+    fold0 = splits[0]
+    assert len(fold0['train']) == 5 and len(fold0['train']) + len(fold0['unlabeled']) == 208 and len(fold0['val']) == 52
+
+    run(['nnUNetv2_train', '4', '3d_fullres', '0', '-tr', MT, '-p', SMALL, '-device', 'cpu'], env)
+    folder = Path(env['nnUNet_results']) / 'Dataset004_Hippocampus' / f'{MT}__{SMALL}__3d_fullres' / 'fold_0'
+    log = sorted(folder.glob('training_log_*.txt'))[-1].read_text()
+    assert 'This split has 5 training and 52 validation cases' in log
+    assert 'Unlabeled cases: 203 (0 from imagesUnlabeled, 203 with labels hidden by nnUNetv2_semi_split)' in log
+    summary = json.loads((folder / 'validation' / 'summary.json').read_text())
+    assert len(summary['metric_per_case']) == 52  # nnU-Net validated the untouched validation cases
+
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    cases = fold0['val'][:3]
+    for c in cases:
+        (inputs / f'{c}_0000.nii.gz').symlink_to(HIPPOCAMPUS / 'imagesTr' / f'{c}_0000.nii.gz')
+    run(['nnUNetv2_predict', '-i', inputs, '-o', tmp_path / 'out', '-d', '4', '-c', '3d_fullres', '-tr', MT, '-p',
+         SMALL, '-f', '0', '-device', 'cpu'], env)
+    for c in cases:
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / 'out' / f'{c}.nii.gz')))
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(HIPPOCAMPUS / 'imagesTr' / f'{c}_0000.nii.gz')))
+        assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 1, 2}
