@@ -163,7 +163,9 @@ def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path
     ds = tiny_dataset
     out = run(train_cmd(ds, '2d', 0), ds['env'], ok=False)
     assert 'No unlabeled data for this training' in out and 'nnUNetv2_semi_preprocess' in out
-    run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL], ds['env'])
+    out = run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL, '-np', '2'], ds['env'])
+    assert '8 to do' in out  # through the pool of worker processes
+    assert len(committed_cases(str(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled'))) == 8
     run(train_cmd(ds, '2d', 0), ds['env'])
     assert 'loss terms: supervised' in newest_log(model_folder(ds, MT, '2d', 0))
     run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', tmp_path, '-d', ds['id'], '-c', '2d', '-tr', MT,
