@@ -38,8 +38,11 @@ def run_demo(folder: str, dataset_id: int = 990, trainer: str = 'nnUNetTrainerMe
     env = dict(os.environ)
     env.update(nnUNet_raw=join(folder, 'nnUNet_raw'), nnUNet_preprocessed=join(folder, 'nnUNet_preprocessed'),
                nnUNet_results=join(folder, 'nnUNet_results'))
-    for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-        maybe_mkdir_p(env[k])
+    # nnU-Net starts 8 export workers by default; on a small machine that costs more than the demo's predictions
+    env.setdefault('nnUNet_def_n_proc', str(min(8, os.cpu_count() or 1)))
+    for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results', 'nnUNet_def_n_proc'):
+        if k != 'nnUNet_def_n_proc':
+            maybe_mkdir_p(env[k])
         print(f'export {k}={env[k]}')
     plan_env = dict(env)
     if plan_env.get('nnUNet_n_proc_DA') == '0':  # stock planning crashes with 0 (torch.set_num_threads(0))

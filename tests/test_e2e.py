@@ -142,8 +142,10 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
     ds = tiny_dataset
     run(train_cmd(ds, '3d_fullres', 2, 'nnUNetTrainer_smoke'), ds['env'])
     stock = model_folder(ds, 'nnUNetTrainer_smoke', '3d_fullres', 2) / 'checkpoint_final.pth'
-    out = run(train_cmd(ds, '3d_fullres', 2, MT, '-pretrained_weights', stock), ds['env'])
+    # with background augmentation workers: the budget of 2 is shared, one for each loader
+    out = run(train_cmd(ds, '3d_fullres', 2, MT, '-pretrained_weights', stock), dict(ds['env'], nnUNet_n_proc_DA='2'))
     assert 'Loading pretrained weights from file' in out
+    assert 'unlabeled batch size 2; 1 augmentation worker(s) for them' in out
 
     # the teacher starts from the pretrained student, not from the random initialisation
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
@@ -152,6 +154,8 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
     trainer.initialize()
     load_pretrained_weights(trainer.network, str(stock))
     trainer.on_semi_train_start(resumed=False)
+    unlabeled = next(trainer.get_unlabeled_dataloader(0))['data']  # the planned patch, images only
+    assert unlabeled.shape == (trainer.batch_size, 1, *trainer.configuration_manager.patch_size)
     pretrained = torch.load(stock, map_location='cpu', weights_only=False)['network_weights']
     for k, v in trainer.teacher.state_dict().items():
         assert torch.equal(v, trainer.network.state_dict()[k])

@@ -91,7 +91,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations=None, plans_identifi
     dataset_json = load_json(join(preprocessed_folder, 'dataset.json'))
     plans_manager = PlansManager(plans)
 
-    available = [c for c in plans['configurations'] if c in plans_manager.available_configurations]
+    available = plans_manager.available_configurations
     if configurations is None:
         configurations = [c for c in DEFAULT_CONFIGURATIONS if c in available and
                           isdir(join(preprocessed_folder, plans_manager.get_configuration(c).data_identifier))]

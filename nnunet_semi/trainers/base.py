@@ -244,9 +244,11 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.after_optimizer_step()
         self.iteration += 1
 
-        out = {'loss': total.detach().cpu().numpy()}
-        for name, (weight, loss) in terms.items():
-            out['term_' + name] = float(loss.detach().cpu()) if torch.is_tensor(loss) else float(loss)
+        values = torch.stack([total.detach().float()] + [torch.as_tensor(loss, device=self.device).detach().float()
+                                                          for _, loss in terms.values()]).cpu().numpy()  # one sync
+        out = {'loss': values[0]}
+        for (name, (weight, _)), value in zip(terms.items(), values[1:]):
+            out['term_' + name] = value
             out['weight_' + name] = float(weight)
         return out
 

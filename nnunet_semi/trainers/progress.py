@@ -22,9 +22,6 @@ class SemiLocalLogger(LocalLogger):
         new.my_fantastic_logging = old.my_fantastic_logging
         return new
 
-    def load_checkpoint(self, checkpoint: dict):
-        self.my_fantastic_logging = checkpoint
-
     def log_term(self, name: str, value: float, weight: float, epoch: int):
         for key, v in ((TERM_PREFIX + name, value), (WEIGHT_PREFIX + name, weight)):
             if key not in self.my_fantastic_logging:
