@@ -38,7 +38,6 @@ from nnunetv2.utilities.helpers import dummy_context
 import nnunet_semi
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 from nnunet_semi.data.unlabeled import collect_unlabeled_cases
-from nnunet_semi.losses.consistency import probabilities
 from nnunet_semi.trainers.progress import SemiLocalLogger
 
 CHECKPOINT_KEY = 'nnunet_semi'
@@ -120,9 +119,6 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         """An optimizer besides self.optimizer: stepped every iteration, clipped with the rest, on nnU-Net's poly
         schedule, saved and restored."""
         self.semi_optimizers[name] = (optimizer, PolyLRScheduler(optimizer, initial_lr, self.num_epochs))
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return probabilities(logits, self.label_manager.has_regions)
 
     @staticmethod
     def split_batch(output, n: int):
