@@ -12,8 +12,6 @@ import argparse
 import itertools
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -21,19 +19,10 @@ import torch
 
 
 def _prepare_tiny(root: str) -> str:
-    from nnunet_semi.data.synthetic import make_synthetic_dataset
-    from nnunet_semi.planners.small_plans import write_small_plans
-    for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-        os.environ[k] = os.path.join(root, k)
-        os.makedirs(os.environ[k], exist_ok=True)
-    make_synthetic_dataset(os.environ['nnUNet_raw'], 990)
-    env = {k: v for k, v in os.environ.items() if k != 'nnUNet_n_proc_DA'}
-    bin_dir = os.path.dirname(sys.executable)
-    subprocess.run([os.path.join(bin_dir, 'nnUNetv2_plan_and_preprocess'), '-d', '990', '-c', '3d_fullres', '-np',
-                    '2'], env=env, check=True, stdout=subprocess.DEVNULL)
-    write_small_plans(990)
-    subprocess.run([os.path.join(bin_dir, 'nnUNetv2_semi_preprocess'), '-d', '990', '-c', '3d_fullres', '-p',
-                    'nnUNetSmallPlans', '--no_pbar'], check=True, stdout=subprocess.DEVNULL)
+    from nnunet_semi.demo import example_env, prepare_example
+    env = example_env(root)
+    os.environ.update({k: env[k] for k in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')})
+    prepare_example(env, 990, quiet=True)
     return '990'
 
 

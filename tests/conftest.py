@@ -1,14 +1,17 @@
 """Shared fixtures: nnU-Net folders in a temporary directory, and one prepared tiny dataset per session.
 
-The tiny dataset (synthetic, 10 labeled + 8 unlabeled 24x32x32 cases) is planned and preprocessed once by stock
-nnU-Net for 2d and 3d_fullres, with nnUNetSmallPlans (8-64 features, batch 2) written beside the stock plans.
+The tiny dataset (the demo's: synthetic, 10 labeled + 8 unlabeled 24x32x32 cases) is planned and preprocessed once
+by stock nnU-Net for 2d and 3d_fullres, with nnUNetSmallPlans (8-64 features, batch 2) written beside the stock
+plans; its unlabeled images are left for the tests to preprocess.
 """
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 BIN = Path(sys.executable).parent
 TINY_ID = 990
@@ -47,22 +50,24 @@ def nnunet_env(tmp_path_factory):
             os.environ[k] = v
 
 
-def plan_env(env):
-    """Stock planning crashes with nnUNet_n_proc_DA=0 (torch.set_num_threads(0)): plan with it unset."""
-    e = dict(env)
-    e.pop('nnUNet_n_proc_DA', None)
-    return e
+def newest_log(model_folder: Path) -> str:
+    """The text of nnU-Net's newest training log in a fold folder."""
+    return sorted(model_folder.glob('training_log_*.txt'))[-1].read_text()
+
+
+def assert_segmentations(prediction_folder: Path, image_folder: Path, cases, labels=(0, 1, 2)):
+    """Each case was predicted with its image's shape and only the dataset's labels."""
+    for case in cases:
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_folder / f'{case}.nii.gz')))
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(image_folder / f'{case}_0000.nii.gz')))
+        assert seg.shape == img.shape and set(np.unique(seg).tolist()) <= set(labels), case
 
 
 @pytest.fixture(scope='session')
 def tiny_dataset(nnunet_env):
-    from nnunet_semi.data.synthetic import make_synthetic_dataset
-    from nnunet_semi.planners.small_plans import write_small_plans
+    from nnunet_semi.demo import prepare_example
 
-    raw = make_synthetic_dataset(nnunet_env['nnUNet_raw'], TINY_ID)
-    run(['nnUNetv2_plan_and_preprocess', '-d', TINY_ID, '-c', '2d', '3d_fullres', '-np', '1',
-         '--verify_dataset_integrity'], plan_env(nnunet_env))
-    write_small_plans(TINY_ID)
+    raw = prepare_example(nnunet_env, TINY_ID, ('2d', '3d_fullres'), unlabeled=False, quiet=True)
     return {'id': TINY_ID, 'name': TINY_NAME, 'raw': Path(raw),
             'preprocessed': Path(nnunet_env['nnUNet_preprocessed']) / TINY_NAME,
             'results': Path(nnunet_env['nnUNet_results']) / TINY_NAME, 'env': nnunet_env}

@@ -2,14 +2,11 @@
 import signal
 import subprocess
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import BIN, SMALL, run
+from conftest import BIN, SMALL, assert_segmentations, newest_log, run
 from nnunet_semi.data.unlabeled import committed_cases
 
 pytestmark = pytest.mark.e2e
@@ -22,10 +19,6 @@ def model_folder(ds, trainer, configuration, fold):
 
 def train_cmd(ds, configuration, fold, trainer=MT, *extra):
     return ['nnUNetv2_train', ds['id'], configuration, fold, '-tr', trainer, '-p', SMALL, '-device', 'cpu', *extra]
-
-
-def newest_log(folder: Path) -> str:
-    return sorted(folder.glob('training_log_*.txt'))[-1].read_text()
 
 
 @pytest.fixture(scope='module')
@@ -95,10 +88,7 @@ def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabele
     out = tmp_path / 'pred'
     run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', out, '-d', ds['id'], '-c', '3d_fullres', '-tr', MT,
          '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
-    for case in ('test_000', 'test_001'):
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f'{case}.nii.gz')))
-        img = sitk.GetArrayFromImage(sitk.ReadImage(str(ds['raw'] / 'imagesTs' / f'{case}_0000.nii.gz')))
-        assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 1, 2}
+    assert_segmentations(out, ds['raw'] / 'imagesTs', ('test_000', 'test_001'))
 
 
 def test_interrupted_training_resumes_with_teacher_and_optimizer(tiny_dataset, unlabeled_3d):

@@ -4,11 +4,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from conftest import SHARED_DATA, SMALL, plan_env, run
+from conftest import SHARED_DATA, SMALL, assert_segmentations, newest_log, run
+from nnunet_semi.demo import planning_env
 
 pytestmark = pytest.mark.e2e
 HIPPOCAMPUS = SHARED_DATA / 'Dataset004_Hippocampus'
@@ -26,7 +25,7 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
     shutil.copy(HIPPOCAMPUS / 'dataset.json', raw / 'dataset.json')
     env = dict(nnunet_env, nnUNet_raw=str(tmp_path / 'raw'))
 
-    run(['nnUNetv2_plan_and_preprocess', '-d', '4', '-c', '3d_fullres', '-np', '2'], plan_env(env))
+    run(['nnUNetv2_plan_and_preprocess', '-d', '4', '-c', '3d_fullres', '-np', '2'], planning_env(env))
     preprocessed = Path(env['nnUNet_preprocessed']) / 'Dataset004_Hippocampus'
     write_small_plans(4)
     run(['nnUNetv2_semi_split', '-d', '4', '-n', '5', '--seed', '0'], env)
@@ -36,7 +35,7 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
 
     run(['nnUNetv2_train', '4', '3d_fullres', '0', '-tr', MT, '-p', SMALL, '-device', 'cpu'], env)
     folder = Path(env['nnUNet_results']) / 'Dataset004_Hippocampus' / f'{MT}__{SMALL}__3d_fullres' / 'fold_0'
-    log = sorted(folder.glob('training_log_*.txt'))[-1].read_text()
+    log = newest_log(folder)
     assert 'This split has 5 training and 52 validation cases' in log
     assert 'Unlabeled cases: 203 (0 from imagesUnlabeled, 203 with labels hidden by nnUNetv2_semi_split)' in log
     summary = json.loads((folder / 'validation' / 'summary.json').read_text())
@@ -49,7 +48,4 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
         (inputs / f'{c}_0000.nii.gz').symlink_to(HIPPOCAMPUS / 'imagesTr' / f'{c}_0000.nii.gz')
     run(['nnUNetv2_predict', '-i', inputs, '-o', tmp_path / 'out', '-d', '4', '-c', '3d_fullres', '-tr', MT, '-p',
          SMALL, '-f', '0', '-device', 'cpu'], env)
-    for c in cases:
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / 'out' / f'{c}.nii.gz')))
-        img = sitk.GetArrayFromImage(sitk.ReadImage(str(HIPPOCAMPUS / 'imagesTr' / f'{c}_0000.nii.gz')))
-        assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 1, 2}
+    assert_segmentations(tmp_path / 'out', HIPPOCAMPUS / 'imagesTr', cases)

@@ -8,7 +8,6 @@ done are skipped; each case is written atomically (image first, properties last,
 import argparse
 import multiprocessing
 import os
-import sys
 from typing import Dict, List
 
 import blosc2
@@ -24,8 +23,8 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-from nnunet_semi.data.unlabeled import UnlabeledDataError, committed_cases, find_raw_unlabeled_cases, \
-    preprocessed_unlabeled_folder
+from nnunet_semi.data.unlabeled import UnlabeledDataError, committed_cases, exit_on_data_error, \
+    find_raw_unlabeled_cases, preprocessed_unlabeled_folder
 
 DEFAULT_CONFIGURATIONS = ('2d', '3d_fullres', '3d_lowres')
 PARTIAL = '.partial'
@@ -171,11 +170,8 @@ def main(argv=None):
                         help=f'number of worker processes (default: {default_num_processes})')
     parser.add_argument('--no_pbar', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-    try:
+    with exit_on_data_error():
         preprocess_unlabeled(args.d, args.c, args.p, args.np, progress=not args.no_pbar)
-    except UnlabeledDataError as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == '__main__':

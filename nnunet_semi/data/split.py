@@ -8,7 +8,6 @@ lists, and ``--restore`` brings those back.
 """
 import argparse
 import shutil
-import sys
 import time
 from typing import List
 
@@ -20,7 +19,7 @@ from nnunetv2.utilities.crossval_split import generate_crossval_split
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-from nnunet_semi.data.unlabeled import SPLITS_FILE, UnlabeledDataError
+from nnunet_semi.data.unlabeled import SPLITS_FILE, UnlabeledDataError, exit_on_data_error
 
 
 def _full_splits(preprocessed_folder: str, dataset_name: str) -> List[dict]:
@@ -99,14 +98,11 @@ def main(argv=None):
     group.add_argument('--restore', action='store_true', help='make every training case labeled again')
     parser.add_argument('--seed', type=int, default=12345, help='seed for choosing the labeled cases')
     args = parser.parse_args(argv)
-    try:
+    with exit_on_data_error():
         if args.restore:
             restore_labels(args.d)
         else:
             hide_labels(args.d, args.n, args.seed)
-    except UnlabeledDataError as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == '__main__':

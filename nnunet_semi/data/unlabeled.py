@@ -8,7 +8,9 @@
 """
 import os
 import re
+import sys
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Dict, List
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
@@ -20,6 +22,16 @@ SPLITS_FILE = 'splits_final.json'
 
 class UnlabeledDataError(RuntimeError):
     """Bad or missing unlabeled data. The message names the file or folder and the fix."""
+
+
+@contextmanager
+def exit_on_data_error():
+    """For the commands: an UnlabeledDataError ends the program with its message and exit code 1, no traceback."""
+    try:
+        yield
+    except UnlabeledDataError as e:
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(1)
 
 
 def preprocessed_unlabeled_folder(preprocessed_dataset_folder: str, data_identifier: str) -> str:
