@@ -6,7 +6,8 @@
 The trainers are built side by side and their iterations interleaved (rounds of a few iterations each), so that
 machine load affects both alike. Two measurements per trainer: 'compute' feeds batches loaded beforehand (forward,
 backward, optimizer step, EMA), 'with loading' also draws the batches from nnU-Net's loaders (in-process when
-nnUNet_n_proc_DA=0, as set here by default). Reported: medians, and the ratio to stock.
+nnUNet_n_proc_DA=0, as set here by default). Reported: medians, and the ratio to stock; also the FLOPs of one
+training step (torch's FlopCounterMode: convolutions, matmuls, attention) and, on CUDA, its peak memory.
 """
 import argparse
 import itertools
@@ -16,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _prepare_tiny(root: str) -> str:
@@ -84,13 +86,29 @@ def main(argv=None):
                 t.dataloader_unlabeled = loader_u
             loading[n] += _time(lambda: t.train_step(next(t.dataloader_train)), args.iters)
 
+    flops, memory = {}, {}
+    for n, t in trainers.items():  # FLOPs of one step (forward + backward) and, on CUDA, its peak memory
+        if n in unlabeled:
+            t.dataloader_unlabeled = itertools.cycle(unlabeled[n])
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+        with FlopCounterMode(display=False) as counter:
+            t.train_step(batches[n][0])
+        flops[n] = counter.get_total_flops()
+        memory[n] = torch.cuda.max_memory_allocated() - start if device.type == 'cuda' else None
+
     base_c, base_l = statistics.median(compute['nnUNetTrainer']), statistics.median(loading['nnUNetTrainer'])
     print(f'\nDataset {dataset}, {args.c}, plans {args.p}, device {device}, {args.rounds} rounds x {args.iters} '
           f'interleaved iterations, nnUNet_n_proc_DA={os.environ["nnUNet_n_proc_DA"]}\n')
-    print('| trainer | compute: ratio to stock | with loading: ratio to stock |')
-    print('|---|---|---|')
+    print('| trainer | compute: ratio to stock | with loading: ratio to stock | FLOPs per step: ratio | '
+          'peak memory above the weights: ratio (CUDA) |')
+    print('|---|---|---|---|---|')
     for n in names:
-        print(f'| {n} | {statistics.median(compute[n]) / base_c:.2f} | {statistics.median(loading[n]) / base_l:.2f} |')
+        mem = f'{memory[n] / memory["nnUNetTrainer"]:.2f}' if memory[n] else 'n/a'
+        print(f'| {n} | {statistics.median(compute[n]) / base_c:.2f} | {statistics.median(loading[n]) / base_l:.2f} '
+              f'| {flops[n] / flops["nnUNetTrainer"]:.2f} | {mem} |')
     for t in trainers.values():
         for dl in (t.dataloader_train, t.dataloader_val, getattr(t, 'dataloader_unlabeled', None)):
             if hasattr(dl, '_finish'):

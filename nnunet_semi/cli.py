@@ -3,6 +3,7 @@
     nnunet_semi ext-path       the folder to put into nnUNet_extTrainer yourself (the installed start-up hook
                                does it for you unless NNUNET_SEMI_NO_HOOK=1)
     nnunet_semi small-plans    write nnUNetSmallPlans (fewer features, batch 2) for CPU runs
+    nnunet_semi export         write a trained model as a stock nnU-Net model folder (predicts without the plugin)
 """
 import argparse
 import os
@@ -27,12 +28,27 @@ def main(argv=None):
     small.add_argument('--features', type=int, nargs=2, default=(8, 64), metavar=('BASE', 'MAX'),
                        help='features of the first stage and the cap (default 8 64)')
     small.add_argument('--batch_size', type=int, default=2)
+    export = sub.add_parser('export', help='write a model folder that stock nnU-Net predicts with, without nnunet_semi')
+    export.add_argument('-d', required=True, help='dataset name or id')
+    export.add_argument('-c', required=True, help='configuration, e.g. 3d_fullres')
+    export.add_argument('-tr', required=True, help='trainer the model was trained with, e.g. nnUNetTrainerCAML')
+    export.add_argument('-p', default='nnUNetPlans', help='plans (default nnUNetPlans)')
+    export.add_argument('-f', nargs='+', default=None, help='folds (default: every fold with the checkpoint)')
+    export.add_argument('--chk', default='checkpoint_final.pth', help='checkpoint to export (default final)')
+    export.add_argument('-o', required=True, help='output model folder (for nnUNetv2_predict_from_modelfolder -m)')
     args = parser.parse_args(argv)
     if args.command == 'ext-path':
         print(ext_path())
     elif args.command == 'small-plans':
         from nnunet_semi.planners.small_plans import write_small_plans
         print(write_small_plans(args.d, args.p, args.o, args.features[0], args.features[1], args.batch_size))
+    elif args.command == 'export':
+        from nnunet_semi.data.unlabeled import exit_on_data_error
+        from nnunet_semi.export import export_stock_model
+        with exit_on_data_error():
+            for path in export_stock_model(args.d, args.c, args.tr, args.o, args.p, args.f, args.chk):
+                print(path)
+        print(f'Predict without nnunet_semi: nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {args.o}')
 
 
 if __name__ == '__main__':

@@ -5,8 +5,10 @@ by stock nnU-Net for 2d and 3d_fullres, with nnUNetSmallPlans (8-64 features, ba
 plans; its unlabeled images are left for the tests to preprocess.
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,21 @@ def nnunet_env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def kill_after_first_checkpoint(cmd, env, latest: Path, timeout=600):
+    """Start a training command, SIGKILL it as soon as ``latest`` (checkpoint_latest.pth) exists: an interruption
+    with no chance to clean up."""
+    proc = subprocess.Popen([str(BIN / cmd[0])] + [str(c) for c in cmd[1:]], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not latest.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert latest.is_file(), f'no {latest.name} was written after the first epoch'
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def newest_log(model_folder: Path) -> str:

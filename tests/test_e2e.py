@@ -1,12 +1,10 @@
 """End to end through nnU-Net's own commands on the tiny generated dataset (see conftest.py), small plans, CPU."""
-import signal
-import subprocess
-import time
+import shutil
 
 import pytest
 import torch
 
-from conftest import BIN, SMALL, assert_segmentations, newest_log, run
+from conftest import SMALL, assert_segmentations, kill_after_first_checkpoint, newest_log, run
 from nnunet_semi.data.unlabeled import committed_cases
 
 pytestmark = pytest.mark.e2e
@@ -95,17 +93,7 @@ def test_interrupted_training_resumes_with_teacher_and_optimizer(tiny_dataset, u
     ds = tiny_dataset
     folder = model_folder(ds, MT, '3d_fullres', 1)
     latest = folder / 'checkpoint_latest.pth'
-    cmd = train_cmd(ds, '3d_fullres', 1)
-    proc = subprocess.Popen([str(BIN / cmd[0])] + [str(c) for c in cmd[1:]], env=ds['env'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 600
-        while not latest.is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert latest.is_file(), 'no checkpoint_latest.pth was written after the first epoch'
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_after_first_checkpoint(train_cmd(ds, '3d_fullres', 1), ds['env'], latest)
     assert not (folder / 'checkpoint_final.pth').exists()
     saved = torch.load(latest, map_location='cpu', weights_only=False)
     assert 1 <= saved['current_epoch'] < 3
@@ -155,6 +143,7 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
 
 def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
+    shutil.rmtree(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled', ignore_errors=True)  # whatever ran before
     out = run(train_cmd(ds, '2d', 0), ds['env'], ok=False)
     assert 'No unlabeled data for this training' in out and 'nnUNetv2_semi_preprocess' in out
     out = run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL, '-np', '2'], ds['env'])

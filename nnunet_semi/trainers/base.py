@@ -82,6 +82,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
         self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
+        self.labeled_keys = []  # case identifiers of the current labeled batch
         self.logger.local_logger = SemiLocalLogger.take_over(self.logger.local_logger)
 
     # ------------------------------------------------------------------ what a method provides
@@ -216,6 +217,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         else:
             target = target.to(self.device, non_blocking=True)
         unlabeled = next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
+        self.labeled_keys = list(batch['keys'])  # the labeled batch's case identifiers, for methods that need them
 
         optimizers = self._optimizers()
         for opt in optimizers:

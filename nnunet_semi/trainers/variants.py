@@ -7,7 +7,11 @@ EPOCHS = (1, 5, 10, 20, 50, 100, 250)
 SMOKE = dict(num_epochs=3, num_iterations_per_epoch=8, num_val_iterations_per_epoch=4, save_every=1)
 
 
-def _variant(base: type, name: str, module: str, settings: dict) -> type:
+def define_variant(base: type, name: str, namespace: dict, **settings) -> type:
+    """A subclass of ``base`` named ``name`` that only changes attributes after ``base.__init__``, defined in
+    ``namespace`` (a module's globals(), so that it pickles by name)."""
+    module = namespace['__name__']
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         base.__init__(self, plans, configuration, fold, dataset_json, device)
@@ -15,17 +19,18 @@ def _variant(base: type, name: str, module: str, settings: dict) -> type:
             setattr(self, key, value)
 
     doc = ', '.join(f'{k}={v}' for k, v in settings.items())
-    return type(name, (base,), {'__init__': __init__, '__module__': module, '__qualname__': name,
-                                '__doc__': f'{base.__name__} with {doc}.'})
+    cls = type(name, (base,), {'__init__': __init__, '__module__': module, '__qualname__': name,
+                               '__doc__': f'{base.__name__} with {doc}.'})
+    namespace[name] = cls
+    return cls
 
 
 def add_short_variants(base: type, namespace: dict, epochs=EPOCHS, smoke: bool = True) -> list:
     """Define the short variants of ``base`` in ``namespace`` (a module's globals(), so that they pickle by name)
     and return their names."""
-    module = namespace['__name__']
     variants = {f'{base.__name__}_{e}epoch{"s" if e > 1 else ""}': {'num_epochs': e} for e in epochs}
     if smoke:
         variants[f'{base.__name__}_smoke'] = SMOKE
     for name, settings in variants.items():
-        namespace[name] = _variant(base, name, module, settings)
+        define_variant(base, name, namespace, **settings)
     return list(variants)
