@@ -1,6 +1,6 @@
 """Export a semi-supervised model as a stock nnU-Net model folder, for machines without nnunet_semi.
 
-Every trainer of this package deploys ``self.network``, a plain network of the plans. The export copies the model
+Most trainers of this package deploy ``self.network``, a plain network of the plans. The export copies the model
 folder's dataset.json, plans.json and dataset_fingerprint.json, and writes each fold's checkpoint with the trainer
 name set to ``nnUNetTrainer`` and without the ``nnunet_semi`` training state (second networks, memory banks,
 optimizers). Stock nnU-Net then predicts with it:
@@ -29,6 +29,14 @@ def export_stock_model(dataset: str, configuration: str, trainer: str, output: s
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    import nnunet_semi.trainers
+
+    trainer_class = getattr(nnunet_semi.trainers, trainer, None)
+    if trainer_class is not None and \
+            trainer_class.build_network_architecture != nnUNetTrainer.build_network_architecture:
+        raise ExportError(f'{trainer} deploys a network of its own (not a network of the plans), which stock nnU-Net '
+                          f'cannot build: predict with nnUNetv2_predict -tr {trainer} where nnunet_semi is installed.')
     source = get_output_folder(maybe_convert_to_dataset_name(dataset), trainer, plans, configuration)
     if not os.path.isdir(source):
         raise ExportError(f'{source} does not exist: train {trainer} ({plans}, {configuration}) first, or check -tr, '

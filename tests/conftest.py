@@ -52,6 +52,74 @@ def nnunet_env(tmp_path_factory):
             os.environ[k] = v
 
 
+def model_folder(ds, trainer, configuration, fold):
+    """A fold folder of the tiny dataset's results, small plans."""
+    return ds['results'] / f'{trainer}__{SMALL}__{configuration}' / f'fold_{fold}'
+
+
+def train_cmd(ds, configuration, fold, trainer, *extra):
+    """nnUNetv2_train on the tiny dataset with the small plans, on the CPU."""
+    return ['nnUNetv2_train', ds['id'], configuration, fold, '-tr', trainer, '-p', SMALL, '-device', 'cpu', *extra]
+
+
+def preprocess_unlabeled(ds, configuration):
+    """nnUNetv2_semi_preprocess of the tiny dataset's unlabeled images (cases already done are skipped)."""
+    run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', configuration, '-p', SMALL], ds['env'])
+
+
+def train(ds, configuration, fold, trainer):
+    """Preprocess the unlabeled images, run nnUNetv2_train to the end; checks progress.png was drawn and returns
+    (the training log, the final checkpoint)."""
+    import torch
+    preprocess_unlabeled(ds, configuration)
+    run(train_cmd(ds, configuration, fold, trainer), ds['env'])
+    folder = model_folder(ds, trainer, configuration, fold)
+    assert (folder / 'progress.png').is_file()
+    return newest_log(folder), torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+
+
+def trainer_from_args(ds, trainer, fold, configuration='3d_fullres', **settings):
+    """A trainer of the tiny dataset built as nnUNetv2_train builds it (CPU), with attributes changed before
+    initialize()."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    t = get_trainer_from_args(str(ds['id']), configuration, fold, trainer, SMALL, False, device=torch.device('cpu'))
+    for k, v in settings.items():
+        setattr(t, k, v)
+    t.initialize()
+    return t
+
+
+def predict(ds, configuration, trainer, out: Path, cases=('test_000', 'test_001')):
+    """nnUNetv2_predict of the tiny dataset's test images with fold 0 of a trained model; checks the segmentations."""
+    images = ds['raw'] / 'imagesTs'
+    run(['nnUNetv2_predict', '-i', images, '-o', out, '-d', ds['id'], '-c', configuration, '-tr', trainer, '-p', SMALL,
+         '-f', '0', '-device', 'cpu'], ds['env'])
+    assert_segmentations(out, images, cases)
+
+
+def assert_export_predicts_as_the_plugin(ds, configuration, trainer, plugin_prediction: Path, tmp_path: Path,
+                                         cases=('test_000', 'test_001')):
+    """The documented export path: ``nnunet_semi export`` writes a stock model folder (trainer nnUNetTrainer, no
+    plugin state) that nnUNetv2_predict_from_modelfolder, with the plugin switched off, predicts exactly as the plugin
+    did (``plugin_prediction``, from ``predict``); a second export refuses to overwrite and names the file."""
+    import torch
+    exported = tmp_path / 'stock_model'
+    export = ['nnunet_semi', 'export', '-d', ds['id'], '-c', configuration, '-tr', trainer, '-p', SMALL, '-o', exported]
+    assert 'nnUNetv2_predict_from_modelfolder' in run(export, ds['env'])
+    stock_ckpt = torch.load(exported / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert stock_ckpt['trainer_name'] == 'nnUNetTrainer' and 'nnunet_semi' not in stock_ckpt
+    no_plugin = {k: v for k, v in ds['env'].items() if k != 'nnUNet_extTrainer'}
+    no_plugin['NNUNET_SEMI_NO_HOOK'] = '1'
+    stock = tmp_path / 'stock'
+    run(['nnUNetv2_predict_from_modelfolder', '-i', ds['raw'] / 'imagesTs', '-o', stock, '-m', exported, '-f', '0',
+         '-device', 'cpu'], no_plugin)
+    for case in cases:
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / f'{case}.nii.gz'))) for f in (plugin_prediction, stock))
+        assert np.array_equal(a, b), case
+    assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(export, ds['env'], ok=False)
+
+
 def kill_after_first_checkpoint(cmd, env, latest: Path, timeout=600):
     """Start a training command, SIGKILL it as soon as ``latest`` (checkpoint_latest.pth) exists: an interruption
     with no chance to clean up."""
@@ -65,6 +133,45 @@ def kill_after_first_checkpoint(cmd, env, latest: Path, timeout=600):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def interrupt_then_load(ds, trainer, fold):
+    """Train in 3d_fullres, SIGKILL after the first checkpoint_latest.pth, and load it into a fresh trainer as --c
+    would. Returns (the saved checkpoint, the restored trainer)."""
+    import torch
+    preprocess_unlabeled(ds, '3d_fullres')
+    folder = model_folder(ds, trainer, '3d_fullres', fold)
+    latest = folder / 'checkpoint_latest.pth'
+    kill_after_first_checkpoint(train_cmd(ds, '3d_fullres', fold, trainer), ds['env'], latest)
+    saved = torch.load(latest, map_location='cpu', weights_only=False)
+    assert 1 <= saved['current_epoch'] < 3 and not (folder / 'checkpoint_final.pth').exists()
+    restored = trainer_from_args(ds, trainer, fold)
+    restored.load_checkpoint(str(latest))
+    assert restored.semi_restored and restored.current_epoch == saved['current_epoch']
+    return saved, restored
+
+
+def assert_restored(module, optimizer, saved_module: dict, saved_optimizer: dict):
+    """A module's weights and an SGD optimizer's momentum buffers equal those saved."""
+    import torch
+    for k, v in saved_module.items():
+        assert torch.equal(module.state_dict()[k], v), k
+    restored = optimizer.state_dict()
+    assert len(saved_optimizer['state']) > 0 and restored['param_groups'] == saved_optimizer['param_groups']
+    for i, state in saved_optimizer['state'].items():
+        assert torch.equal(restored['state'][i]['momentum_buffer'], state['momentum_buffer'])
+
+
+def resume_to_the_end(ds, trainer, fold, saved: dict, term: str):
+    """nnUNetv2_train --c after interrupt_then_load: it goes on from the saved epoch (not from 0) to the end, with the
+    loss term logged for every epoch."""
+    import torch
+    run(train_cmd(ds, '3d_fullres', fold, trainer, '--c'), ds['env'])
+    folder = model_folder(ds, trainer, '3d_fullres', fold)
+    log = newest_log(folder)
+    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0\n' not in log
+    final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert final['current_epoch'] == 3 and len(final['logging']['term_' + term]) == 3
 
 
 def newest_log(model_folder: Path) -> str:

@@ -4,24 +4,17 @@ import shutil
 import pytest
 import torch
 
-from conftest import SMALL, assert_segmentations, kill_after_first_checkpoint, newest_log, run
+from conftest import (assert_restored, assert_segmentations, interrupt_then_load, model_folder, newest_log,
+                      preprocess_unlabeled, resume_to_the_end, run, SMALL, train_cmd)
 from nnunet_semi.data.unlabeled import committed_cases
 
 pytestmark = pytest.mark.e2e
 MT = 'nnUNetTrainerMeanTeacher_smoke'
 
 
-def model_folder(ds, trainer, configuration, fold):
-    return ds['results'] / f'{trainer}__{SMALL}__{configuration}' / f'fold_{fold}'
-
-
-def train_cmd(ds, configuration, fold, trainer=MT, *extra):
-    return ['nnUNetv2_train', ds['id'], configuration, fold, '-tr', trainer, '-p', SMALL, '-device', 'cpu', *extra]
-
-
 @pytest.fixture(scope='module')
 def unlabeled_3d(tiny_dataset):
-    run(['nnUNetv2_semi_preprocess', '-d', tiny_dataset['id'], '-c', '3d_fullres', '-p', SMALL], tiny_dataset['env'])
+    preprocess_unlabeled(tiny_dataset, '3d_fullres')
     return tiny_dataset['preprocessed'] / 'nnUNetPlans_3d_fullres_unlabeled'
 
 
@@ -69,7 +62,7 @@ def test_semi_preprocess_errors_name_the_file_and_lose_nothing(tiny_dataset, unl
 
 def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabeled_3d, tmp_path):
     ds = tiny_dataset
-    run(train_cmd(ds, '3d_fullres', 0), ds['env'])
+    run(train_cmd(ds, '3d_fullres', 0, MT), ds['env'])
     folder = model_folder(ds, MT, '3d_fullres', 0)
     log = newest_log(folder)
     assert 'Unlabeled cases: 8 (8 from imagesUnlabeled, 0 with labels hidden' in log
@@ -90,30 +83,10 @@ def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabele
 
 
 def test_interrupted_training_resumes_with_teacher_and_optimizer(tiny_dataset, unlabeled_3d):
-    ds = tiny_dataset
-    folder = model_folder(ds, MT, '3d_fullres', 1)
-    latest = folder / 'checkpoint_latest.pth'
-    kill_after_first_checkpoint(train_cmd(ds, '3d_fullres', 1), ds['env'], latest)
-    assert not (folder / 'checkpoint_final.pth').exists()
-    saved = torch.load(latest, map_location='cpu', weights_only=False)
-    assert 1 <= saved['current_epoch'] < 3
-
-    from nnunetv2.run.run_training import get_trainer_from_args
-    trainer = get_trainer_from_args(str(ds['id']), '3d_fullres', 1, MT, SMALL, True, device=torch.device('cpu'))
-    trainer.load_checkpoint(str(latest))
-    assert trainer.semi_restored and trainer.current_epoch == saved['current_epoch']
-    for k, v in saved['nnunet_semi']['modules']['teacher'].items():
-        assert torch.equal(trainer.teacher.state_dict()[k], v), k
-    restored_opt = trainer.optimizer.state_dict()
-    assert restored_opt['param_groups'] == saved['optimizer_state']['param_groups']
-    for i, state in saved['optimizer_state']['state'].items():
-        assert torch.equal(restored_opt['state'][i]['momentum_buffer'], state['momentum_buffer'])
-
-    run(train_cmd(ds, '3d_fullres', 1, MT, '--c'), ds['env'])
-    log = newest_log(folder)
-    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0\n' not in log
-    final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
-    assert len(final['logging']['term_consistency']) == 3 and final['current_epoch'] == 3
+    saved, trainer = interrupt_then_load(tiny_dataset, MT, 1)
+    assert_restored(trainer.teacher, trainer.optimizer, saved['nnunet_semi']['modules']['teacher'],
+                    saved['optimizer_state'])
+    resume_to_the_end(tiny_dataset, MT, 1, saved, 'consistency')
 
 
 def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
@@ -144,12 +117,12 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
 def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
     shutil.rmtree(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled', ignore_errors=True)  # whatever ran before
-    out = run(train_cmd(ds, '2d', 0), ds['env'], ok=False)
+    out = run(train_cmd(ds, '2d', 0, MT), ds['env'], ok=False)
     assert 'No unlabeled data for this training' in out and 'nnUNetv2_semi_preprocess' in out
     out = run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL, '-np', '2'], ds['env'])
     assert '8 to do' in out  # through the pool of worker processes
     assert len(committed_cases(str(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled'))) == 8
-    run(train_cmd(ds, '2d', 0), ds['env'])
+    run(train_cmd(ds, '2d', 0, MT), ds['env'])
     assert 'loss terms: supervised' in newest_log(model_folder(ds, MT, '2d', 0))
     run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', tmp_path, '-d', ds['id'], '-c', '2d', '-tr', MT,
          '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])

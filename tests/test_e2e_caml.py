@@ -3,51 +3,23 @@
 the trainer's memory update and ablations on real batches."""
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import SMALL, assert_segmentations, kill_after_first_checkpoint, newest_log, run
+from conftest import (assert_export_predicts_as_the_plugin, assert_restored, interrupt_then_load, predict,
+                      preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 
 pytestmark = pytest.mark.e2e
 CAML = 'nnUNetTrainerCAML_smoke'
 TERMS = ('supervised_V', 'supervised_A', 'mutual', 'omni_correlation')
 
 
-def model_folder(ds, trainer, configuration, fold):
-    return ds['results'] / f'{trainer}__{SMALL}__{configuration}' / f'fold_{fold}'
-
-
-def train_cmd(ds, configuration, fold, trainer=CAML, *extra):
-    return ['nnUNetv2_train', ds['id'], configuration, fold, '-tr', trainer, '-p', SMALL, '-device', 'cpu', *extra]
-
-
-def unlabeled(ds, configuration):
-    """Preprocess the unlabeled images for a configuration (cases already done are skipped)."""
-    run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', configuration, '-p', SMALL], ds['env'])
-
-
-def trainer_from_args(ds, trainer, fold, **settings):
-    from nnunetv2.run.run_training import get_trainer_from_args
-    t = get_trainer_from_args(str(ds['id']), '3d_fullres', fold, trainer, SMALL, False, device=torch.device('cpu'))
-    for k, v in settings.items():
-        setattr(t, k, v)
-    t.initialize()
-    return t
-
-
 def test_caml_3d_trains_predicts_and_exports_to_stock_nnunet(tiny_dataset, tmp_path):
     ds = tiny_dataset
-    unlabeled(ds, '3d_fullres')
-    run(train_cmd(ds, '3d_fullres', 0), ds['env'])
-    folder = model_folder(ds, CAML, '3d_fullres', 0)
-    log = newest_log(folder)
+    log, ckpt = train(ds, '3d_fullres', 0, CAML)
     # 24x32x32 patch: 3072 tokens at stage 1, 384 at stage 2 (<= 2048)
     assert 'CAML model A: interpolating decoder, CMA after encoder stage 2 (32 channels)' in log
     assert log.count('loss terms: ') == 3 and log.count('memory bank: [') == 3
     assert all(f'{t} ' in log for t in TERMS)
-    assert (folder / 'progress.png').is_file()
-
-    ckpt = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     semi = ckpt['nnunet_semi']
     assert set(semi['modules']) == {'model_a', 'heads', 'memory'} and set(semi['optimizers']) == {'model_a'}
     assert semi['modules']['memory']['counts'][0].sum() > 0  # background voxels both networks got right
@@ -56,75 +28,33 @@ def test_caml_3d_trains_predicts_and_exports_to_stock_nnunet(tiny_dataset, tmp_p
     assert logged['weight_mutual'][0] < logged['weight_mutual'][2] == pytest.approx(1.0)  # ramped to full strength
     assert logged['weight_omni_correlation'][2] == pytest.approx(0.05)
 
-    images = ds['raw'] / 'imagesTs'
-    cases = ('test_000', 'test_001')
     plugin = tmp_path / 'plugin'
-    run(['nnUNetv2_predict', '-i', images, '-o', plugin, '-d', ds['id'], '-c', '3d_fullres', '-tr', CAML, '-p', SMALL,
-         '-f', '0', '-device', 'cpu'], ds['env'])
-    assert_segmentations(plugin, images, cases)
-
-    # the documented export path: a stock model folder, predicted by nnU-Net with the plugin switched off
-    exported = tmp_path / 'stock_model'
-    out = run(['nnunet_semi', 'export', '-d', ds['id'], '-c', '3d_fullres', '-tr', CAML, '-p', SMALL, '-o', exported],
-              ds['env'])
-    assert 'nnUNetv2_predict_from_modelfolder' in out
-    stock_ckpt = torch.load(exported / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
-    assert stock_ckpt['trainer_name'] == 'nnUNetTrainer' and 'nnunet_semi' not in stock_ckpt
-    no_plugin = {k: v for k, v in ds['env'].items() if k != 'nnUNet_extTrainer'}
-    no_plugin['NNUNET_SEMI_NO_HOOK'] = '1'
-    stock = tmp_path / 'stock'
-    run(['nnUNetv2_predict_from_modelfolder', '-i', images, '-o', stock, '-m', exported, '-f', '0', '-device', 'cpu'],
-        no_plugin)
-    for case in cases:
-        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / f'{case}.nii.gz'))) for f in (plugin, stock))
-        assert np.array_equal(a, b), case
-    out = run(['nnunet_semi', 'export', '-d', ds['id'], '-c', '3d_fullres', '-tr', CAML, '-p', SMALL, '-o', exported],
-              ds['env'], ok=False)
-    assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in out
+    predict(ds, '3d_fullres', CAML, plugin)
+    assert_export_predicts_as_the_plugin(ds, '3d_fullres', CAML, plugin, tmp_path)
 
 
 def test_caml_interrupted_run_resumes_with_memory_bank_and_model_a(tiny_dataset):
-    ds = tiny_dataset
-    unlabeled(ds, '3d_fullres')
-    folder = model_folder(ds, CAML, '3d_fullres', 1)
-    latest = folder / 'checkpoint_latest.pth'
-    kill_after_first_checkpoint(train_cmd(ds, '3d_fullres', 1), ds['env'], latest)
-    saved = torch.load(latest, map_location='cpu', weights_only=False)
-    assert 1 <= saved['current_epoch'] < 3 and not (folder / 'checkpoint_final.pth').exists()
-
-    trainer = trainer_from_args(ds, CAML, 1)
-    trainer.load_checkpoint(str(latest))
-    memory = saved['nnunet_semi']['modules']['memory']
+    saved, trainer = interrupt_then_load(tiny_dataset, CAML, 1)
+    semi = saved['nnunet_semi']
+    memory = semi['modules']['memory']
     assert memory['counts'].sum() > 0
     assert torch.equal(trainer.memory.counts, memory['counts'])
     assert torch.equal(trainer.memory.embeddings, memory['embeddings'])
-    for k, v in saved['nnunet_semi']['modules']['model_a'].items():
-        assert torch.equal(trainer.model_a.state_dict()[k], v), k
-    opt = trainer.semi_optimizers['model_a'][0].state_dict()
-    for i, state in saved['nnunet_semi']['optimizers']['model_a']['state'].items():
-        assert torch.equal(opt['state'][i]['momentum_buffer'], state['momentum_buffer'])
-
-    run(train_cmd(ds, '3d_fullres', 1, CAML, '--c'), ds['env'])
-    log = newest_log(folder)
-    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0\n' not in log
-    final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
-    assert final['current_epoch'] == 3 and len(final['logging']['term_omni_correlation']) == 3
+    assert_restored(trainer.model_a, trainer.semi_optimizers['model_a'][0], semi['modules']['model_a'],
+                    semi['optimizers']['model_a'])
+    resume_to_the_end(tiny_dataset, CAML, 1, saved, 'omni_correlation')
 
 
 def test_caml_2d_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
-    unlabeled(ds, '2d')
-    run(train_cmd(ds, '2d', 0), ds['env'])
-    log = newest_log(model_folder(ds, CAML, '2d', 0))
+    log, _ = train(ds, '2d', 0, CAML)
     assert 'CMA after encoder stage 1' in log and 'omni_correlation ' in log  # 32x32 patch: 16x16 = 256 tokens
-    run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', tmp_path, '-d', ds['id'], '-c', '2d', '-tr', CAML,
-         '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
-    assert_segmentations(tmp_path, ds['raw'] / 'imagesTs', ('test_000', 'test_001'))
+    predict(ds, '2d', CAML, tmp_path)
 
 
 def test_memory_update_keeps_correct_voxels_within_the_cap(tiny_dataset):
     ds = tiny_dataset
-    unlabeled(ds, '3d_fullres')
+    preprocess_unlabeled(ds, '3d_fullres')
     trainer = trainer_from_args(ds, 'nnUNetTrainerCAML', 4, memory_cap_per_class=8 * 300)
     cases = sorted(trainer.case_index)
     assert len(cases) == 8 and trainer.memory.per_case == 300
@@ -154,7 +84,7 @@ def test_memory_update_keeps_correct_voxels_within_the_cap(tiny_dataset):
 def test_ablations_and_options_on_a_real_batch(tiny_dataset):
     from nnunet_semi.networks.caml import CrossSampleMutualAttention
     ds = tiny_dataset
-    unlabeled(ds, '3d_fullres')
+    preprocess_unlabeled(ds, '3d_fullres')
     for name, has_cma, terms in (('nnUNetTrainerCAML', True, TERMS),
                                  ('nnUNetTrainerCAML_noOCC', True, TERMS[:3]),
                                  ('nnUNetTrainerCAML_MLonly', False, TERMS[:3])):

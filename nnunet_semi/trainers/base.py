@@ -6,7 +6,8 @@ A method subclasses it and writes only its own parts:
   exists; ``semi_modules()`` names them, so the base moves, saves and restores them;
 - ``compute_losses(data, target, unlabeled)``: the forward pass and the loss terms of one iteration, as
   ``{name: (weight, loss)}``;
-- optionally ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
+- optionally ``train_iteration`` for a method that takes several optimisation steps per iteration (each through
+  ``optimization_step``), ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
   ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), and extra
   optimizers through ``register_optimizer``.
 
@@ -19,7 +20,7 @@ nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable ne
 import os
 import random
 from contextlib import contextmanager
-from typing import Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -68,6 +69,8 @@ def _n_proc_DA(n: int):
 
 
 class nnUNetTrainerSemi(nnUNetTrainer):
+    single_gpu = False  # True: the method refuses multi-GPU (DDP) training with a clear error
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -137,6 +140,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     # ------------------------------------------------------------------ set-up
     def initialize(self):
         super().initialize()
+        if self.single_gpu and self.is_ddp:
+            raise RuntimeError(f'{self.__class__.__name__} trains on one GPU; multi-GPU (DDP) training is not '
+                               f'supported. Train without -num_gpus.')
         self.build_semi_modules()
         for module in self.semi_modules().values():
             module.to(self.device)
@@ -191,9 +197,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     def _optimizers(self) -> List[torch.optim.Optimizer]:
         return [self.optimizer] + [opt for opt, _ in self.semi_optimizers.values()]
 
-    def _trained_parameters(self) -> List[torch.nn.Parameter]:
+    @staticmethod
+    def _trained_parameters(optimizers: List[torch.optim.Optimizer]) -> List[torch.nn.Parameter]:
         seen, params = set(), []
-        for opt in self._optimizers():
+        for opt in optimizers:
             for group in opt.param_groups:
                 for p in group['params']:
                     if id(p) not in seen:
@@ -219,36 +226,49 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         unlabeled = next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
         self.labeled_keys = list(batch['keys'])  # the labeled batch's case identifiers, for methods that need them
 
-        optimizers = self._optimizers()
+        terms = self.train_iteration(data, target, unlabeled)
+        self.after_optimizer_step()
+        self.iteration += 1
+
+        values = torch.stack([torch.as_tensor(loss, device=self.device).detach().float()
+                              for _, loss in terms.values()]).cpu().numpy()  # one sync
+        out = {'loss': sum(weight * value for (weight, _), value in zip(terms.values(), values))}
+        for (name, (weight, _)), value in zip(terms.items(), values):
+            out['term_' + name] = value
+            out['weight_' + name] = float(weight)
+        return out
+
+    def train_iteration(self, data: torch.Tensor, target, unlabeled: torch.Tensor) -> LossTerms:
+        """One iteration's optimisation; returns every loss term it computed. By default one step of every optimizer
+        on the weighted sum of ``compute_losses``. A method that optimises in several steps per iteration (MASSL's
+        alternation) overrides this and calls ``optimization_step`` once per step."""
+        return self.optimization_step(lambda: self.compute_losses(data, target, unlabeled), self._optimizers())
+
+    def optimization_step(self, compute: Callable[[], LossTerms],
+                          optimizers: List[torch.optim.Optimizer]) -> LossTerms:
+        """Zero the gradients of ``optimizers``, run ``compute`` (the forward pass and loss terms, under autocast on
+        CUDA), back-propagate the weighted sum, clip the gradients of these optimizers' parameters and step them (with
+        nnU-Net's grad scaler on CUDA). Returns the terms."""
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            terms = self.compute_losses(data, target, unlabeled)
+            terms = compute()
             total = sum(weight * loss for weight, loss in terms.values())
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(total).backward()
             for opt in optimizers:
                 self.grad_scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
             for opt in optimizers:
                 self.grad_scaler.step(opt)
             self.grad_scaler.update()
         else:
             total.backward()
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
             for opt in optimizers:
                 opt.step()
-        self.after_optimizer_step()
-        self.iteration += 1
-
-        values = torch.stack([total.detach().float()] + [torch.as_tensor(loss, device=self.device).detach().float()
-                                                          for _, loss in terms.values()]).cpu().numpy()  # one sync
-        out = {'loss': values[0]}
-        for (name, (weight, _)), value in zip(terms.items(), values[1:]):
-            out['term_' + name] = value
-            out['weight_' + name] = float(weight)
-        return out
+        return terms
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

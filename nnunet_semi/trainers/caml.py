@@ -32,6 +32,8 @@ from nnunet_semi.trainers.variants import add_short_variants, define_variant
 
 
 class nnUNetTrainerCAML(nnUNetTrainerSemi):
+    single_gpu = True  # the method's extra networks and state are not synchronised across DDP ranks
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -69,8 +71,6 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
-        if self.is_ddp:
-            raise RuntimeError(f'{self.__class__.__name__} trains on one GPU; multi-GPU (DDP) training is not supported.')
         self.model_a = self.build_network_architecture(
             self.plans_manager, self.configuration_manager, self.num_input_channels,
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision)

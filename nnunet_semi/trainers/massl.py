@@ -1,0 +1,132 @@
+"""MASSL: Multi-task Attention-based Semi-Supervised Learning (Chen et al., MICCAI 2019), on nnU-Net's networks.
+
+nnU-Net's planned encoder E is shared by its segmentation decoder D_S (``self.network``, deployed unchanged) and a
+reconstruction decoder D_R that starts from the bottleneck and has no skip connections. The soft segmentation p
+splits the image into one attended image per class, and D_R reconstructs each of them (``losses/reconstruction.py``):
+
+    L_S = nnU-Net's Dice + CE with deep supervision (labeled batch)
+    L_R = sum_k mean(p_k) MSE(r_k, p_k x)       (unlabeled batch; p and r from the same forward pass)
+
+Alternating training (``nnUNetTrainerMASSL``, the paper's best), two steps per iteration with two optimizers:
+  1. labeled step: L_S updates E + D_S;
+  2. unlabeled step: L_R updates E + D_R while D_S is frozen; its gradient still reaches E through the attention
+     maps, which are not detached (as in the authors' code). The reconstruction optimizer's learning rate is a tenth
+     of the segmentation one (the authors' 1e-3 vs 1e-2); both follow nnU-Net's poly schedule.
+Joint training (``nnUNetTrainerMASSLJoint``): one step on lambda L_S + (1 - lambda) L_R, lambda = 0.9.
+
+Options: ``attention = False`` reconstructs the plain image (the paper's no-attention ablation, ``_noAttention``);
+``reconstruct_labeled = True`` also reconstructs the labeled images, attended by their ground truth (the poster).
+"""
+import torch
+
+from nnunet_semi.losses.reconstruction import attention_maps, attention_reconstruction_loss, label_maps
+from nnunet_semi.networks.parts import decoder_parameters, frozen
+from nnunet_semi.networks.reconstruction import ReconstructionDecoder
+from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.variants import add_short_variants, define_variant
+
+
+class nnUNetTrainerMASSL(nnUNetTrainerSemi):
+    single_gpu = True  # the reconstruction decoder and its optimizer are not wrapped in DDP
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.alternating = True  # False: joint training on one weighted sum (nnUNetTrainerMASSLJoint)
+        self.reconstruction_lr_factor = 0.1  # alternating: the reconstruction optimizer's lr / nnU-Net's initial_lr
+        self.segmentation_weight = 0.9  # joint: lambda, and 1 - lambda on the reconstruction
+        self.attention = True  # False: reconstruct the plain image (no-attention ablation)
+        self.reconstruct_labeled = False  # True: labeled images are reconstructed too, attended by ground truth
+
+    def _do_i_compile(self):
+        return False  # the encoder and the two decoders are called one by one
+
+    # ------------------------------------------------------------------ modules
+    def build_semi_modules(self):
+        if self.reconstruct_labeled and (self.label_manager.has_regions or self.label_manager.has_ignore_label):
+            raise RuntimeError(f'{self.__class__.__name__}: reconstruct_labeled needs plain labels (no regions, no '
+                               f'ignore label) in dataset.json; set reconstruct_labeled = False for this dataset.')
+        network = unwrap(self.network)
+        heads = self.label_manager.num_segmentation_heads
+        n_maps = (heads + 1 if self.label_manager.has_regions else heads) if self.attention else 1
+        n_conv = self.configuration_manager.network_arch_init_kwargs.get('n_conv_per_stage_decoder', 2)
+        self.reconstruction_decoder = ReconstructionDecoder(network.encoder, n_maps * self.num_input_channels, n_conv)
+        if self.alternating:  # E + D_R, at a tenth of the segmentation learning rate
+            params = list(network.encoder.parameters()) + list(self.reconstruction_decoder.parameters())
+            lr = self.initial_lr * self.reconstruction_lr_factor
+        else:  # D_R next to nnU-Net's optimizer of E + D_S: together one SGD over everything
+            params, lr = list(self.reconstruction_decoder.parameters()), self.initial_lr
+        self.register_optimizer('reconstruction', torch.optim.SGD(
+            params, lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True), lr)
+        self.print_to_log_file(f'MASSL: {"alternating" if self.alternating else "joint"} training, reconstruction '
+                               f'decoder with {n_maps} x {self.num_input_channels} outputs, '
+                               f'{"attention" if self.attention else "no attention"}')
+
+    def semi_modules(self):
+        return {'reconstruction_decoder': self.reconstruction_decoder}
+
+    # ------------------------------------------------------------------ the method
+    def segment_and_reconstruct(self, x, first: int = 0):
+        """One pass of E; D_S on it (deep supervision outputs, as nnU-Net's network) and D_R on the bottleneck of
+        the samples x[first:]."""
+        network = unwrap(self.network)
+        skips = network.encoder(x)
+        return network.decoder(skips), self.reconstruction_decoder(skips[-1][first:])
+
+    def reconstruction_loss(self, images, logits, reconstruction, labels=None):
+        """L_R of ``images`` (B, C, *spatial). The attention maps come from ``logits`` (B, K, *spatial), the
+        segmentation of the same pass, or for the first len(labels) images from their ground truth (B_l, 1, ...)."""
+        if not self.attention:
+            maps = images.new_ones((images.shape[0], 1, *images.shape[2:]))
+        else:
+            maps = attention_maps(logits, self.label_manager.has_regions)
+            if labels is not None:
+                maps = torch.cat((label_maps(labels, maps.shape[1]), maps[labels.shape[0]:]))
+        return attention_reconstruction_loss(reconstruction, images, maps)
+
+    def labels_to_reconstruct(self, target):
+        return self.full_resolution(target) if self.reconstruct_labeled else None
+
+    def train_iteration(self, data, target, unlabeled):
+        if not self.alternating:
+            return super().train_iteration(data, target, unlabeled)
+        # 1. labeled step: E + D_S learn to segment
+        terms = self.optimization_step(lambda: {'segmentation': (1.0, self.loss(self.network(data), target))},
+                                       [self.optimizer])
+        # 2. unlabeled step: E + D_R learn to reconstruct the attended images, D_S stays as it is
+        images = torch.cat((data, unlabeled)) if self.reconstruct_labeled else unlabeled
+
+        def reconstruction():
+            segmentation, reconstruction = self.segment_and_reconstruct(images)
+            return {'reconstruction': (1.0, self.reconstruction_loss(
+                images, self.full_resolution(segmentation), reconstruction, self.labels_to_reconstruct(target)))}
+
+        with frozen(decoder_parameters(unwrap(self.network).decoder)):
+            terms.update(self.optimization_step(reconstruction, [self.semi_optimizers['reconstruction'][0]]))
+        return terms
+
+    def compute_losses(self, data, target, unlabeled):  # joint training: one pass over both batches
+        n = data.shape[0]
+        x = torch.cat((data, unlabeled))
+        first = 0 if self.reconstruct_labeled else n  # the images to reconstruct are x[first:]
+        segmentation, reconstruction = self.segment_and_reconstruct(x, first)
+        return {'segmentation': (self.segmentation_weight, self.loss(self.split_batch(segmentation, n)[0], target)),
+                'reconstruction': (1 - self.segmentation_weight, self.reconstruction_loss(
+                    x[first:], self.full_resolution(segmentation)[first:], reconstruction,
+                    self.labels_to_reconstruct(target)))}
+
+
+class nnUNetTrainerMASSLJoint(nnUNetTrainerMASSL):
+    """MASSL with joint training: one step on 0.9 L_S + 0.1 L_R (the poster's "MASSL (0.9)")."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.alternating = False
+
+
+__all__ = []
+for _base in (nnUNetTrainerMASSL, nnUNetTrainerMASSLJoint):
+    _ablation = define_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False)
+    __all__ += [_base.__name__, _ablation.__name__] + add_short_variants(_base, globals()) + \
+        add_short_variants(_ablation, globals())
