@@ -98,12 +98,14 @@ def predict(ds, configuration, trainer, out: Path, cases=('test_000', 'test_001'
     assert_segmentations(out, images, cases)
 
 
-def assert_export_predicts_as_the_plugin(ds, configuration, trainer, plugin_prediction: Path, tmp_path: Path,
-                                         cases=('test_000', 'test_001')):
-    """The documented export path: ``nnunet_semi export`` writes a stock model folder (trainer nnUNetTrainer, no
-    plugin state) that nnUNetv2_predict_from_modelfolder, with the plugin switched off, predicts exactly as the plugin
-    did (``plugin_prediction``, from ``predict``); a second export refuses to overwrite and names the file."""
+def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: Path, cases=('test_000', 'test_001')):
+    """nnUNetv2_predict with the plugin (``predict``), then the documented export path: ``nnunet_semi export`` writes
+    a stock model folder (trainer nnUNetTrainer, no plugin state) that nnUNetv2_predict_from_modelfolder, with the
+    plugin switched off, predicts exactly as the plugin did; a second export refuses to overwrite and names the
+    file."""
     import torch
+    plugin_prediction = tmp_path / 'plugin'
+    predict(ds, configuration, trainer, plugin_prediction, cases)
     exported = tmp_path / 'stock_model'
     export = ['nnunet_semi', 'export', '-d', ds['id'], '-c', configuration, '-tr', trainer, '-p', SMALL, '-o', exported]
     assert 'nnUNetv2_predict_from_modelfolder' in run(export, ds['env'])

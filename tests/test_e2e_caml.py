@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (assert_export_predicts_as_the_plugin, assert_restored, interrupt_then_load, predict,
+from conftest import (assert_predicts_and_exports_to_stock, assert_restored, interrupt_then_load, predict,
                       preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 
 pytestmark = pytest.mark.e2e
@@ -28,9 +28,7 @@ def test_caml_3d_trains_predicts_and_exports_to_stock_nnunet(tiny_dataset, tmp_p
     assert logged['weight_mutual'][0] < logged['weight_mutual'][2] == pytest.approx(1.0)  # ramped to full strength
     assert logged['weight_omni_correlation'][2] == pytest.approx(0.05)
 
-    plugin = tmp_path / 'plugin'
-    predict(ds, '3d_fullres', CAML, plugin)
-    assert_export_predicts_as_the_plugin(ds, '3d_fullres', CAML, plugin, tmp_path)
+    assert_predicts_and_exports_to_stock(ds, '3d_fullres', CAML, tmp_path)
 
 
 def test_caml_interrupted_run_resumes_with_memory_bank_and_model_a(tiny_dataset):

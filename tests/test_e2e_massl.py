@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (assert_export_predicts_as_the_plugin, assert_restored, interrupt_then_load, predict,
+from conftest import (assert_predicts_and_exports_to_stock, assert_restored, interrupt_then_load, predict,
                       preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 from nnunet_semi.networks.parts import decoder_parameters, frozen
 
@@ -25,9 +25,7 @@ def test_massl_3d_trains_predicts_and_exports_to_stock_nnunet(tiny_dataset, tmp_
     recon = ckpt['logging']['term_reconstruction']
     assert len(recon) == 3 and all(np.isfinite(recon))
 
-    plugin = tmp_path / 'plugin'
-    predict(ds, '3d_fullres', MASSL, plugin)
-    assert_export_predicts_as_the_plugin(ds, '3d_fullres', MASSL, plugin, tmp_path)
+    assert_predicts_and_exports_to_stock(ds, '3d_fullres', MASSL, tmp_path)
 
 
 def test_massl_interrupted_run_resumes_with_both_optimizers(tiny_dataset):
