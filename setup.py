@@ -68,6 +68,7 @@ setup(
         'nnunet_semi=nnunet_semi.cli:main',
         'nnUNetv2_semi_preprocess=nnunet_semi.data.preprocess:main',
         'nnUNetv2_semi_split=nnunet_semi.data.split:main',
+        'nnUNetv2_semi_plan_and_preprocess=nnunet_semi.planners.semi_planner:main',
         'nnUNetv2_semi_demo=nnunet_semi.demo:main',
     ]},
 )

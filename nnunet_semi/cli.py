@@ -4,6 +4,7 @@
                                does it for you unless NNUNET_SEMI_NO_HOOK=1)
     nnunet_semi small-plans    write nnUNetSmallPlans (fewer features, batch 2) for CPU runs
     nnunet_semi export         write a trained model as a stock nnU-Net model folder (predicts without the plugin)
+    nnunet_semi overhead       time, FLOPs and memory of each semi trainer relative to stock nnUNetTrainer
 """
 import argparse
 import os
@@ -36,6 +37,10 @@ def main(argv=None):
     export.add_argument('-f', nargs='+', default=None, help='folds (default: every fold with the checkpoint)')
     export.add_argument('--chk', default='checkpoint_final.pth', help='checkpoint to export (default final)')
     export.add_argument('-o', required=True, help='output model folder (for nnUNetv2_predict_from_modelfolder -m)')
+    from nnunet_semi import overhead
+    overhead.add_arguments(sub.add_parser('overhead', help='time, FLOPs and memory of semi trainers relative to stock',
+                                          description=overhead.__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == 'ext-path':
         print(ext_path())
@@ -49,6 +54,8 @@ def main(argv=None):
             for path in export_stock_model(args.d, args.c, args.tr, args.o, args.p, args.f, args.chk):
                 print(path)
         print(f'Predict without nnunet_semi: nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {args.o}')
+    elif args.command == 'overhead':
+        overhead.run(args)
 
 
 if __name__ == '__main__':

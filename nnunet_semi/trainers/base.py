@@ -186,7 +186,30 @@ class nnUNetTrainerSemi(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        if self.device.type == 'cuda' and self.local_rank == 0:
+            self.check_gpu_memory(torch.cuda.get_device_properties(self.device).total_memory)
         self.on_semi_train_start(self.semi_restored)
+
+    def check_gpu_memory(self, available_bytes: int) -> float:
+        """Estimate what this trainer needs at its plans (a throw-away copy measured on the same device, see
+        planners/footprint.py) and warn in the log when it exceeds ``available_bytes``. Returns the estimate."""
+        from nnunet_semi.planners.footprint import estimate_training_memory
+        from nnunet_semi.planners.semi_planner import default_plans_name
+        try:
+            need = estimate_training_memory(self)
+        except torch.cuda.OutOfMemoryError:
+            need = float('inf')
+        if need > available_bytes:
+            name, plans = self.__class__.__name__, self.plans_manager.plans_name
+            self.print_to_log_file(
+                f'WARNING: {name} needs about {need / 2 ** 30:.1f} GiB per step with the plans {plans} '
+                f'({self.configuration_name}: patch {list(self.configuration_manager.patch_size)}, batch '
+                f'{self.configuration_manager.batch_size}), more than the {available_bytes / 2 ** 30:.1f} GiB '
+                f'available. Plans sized for this trainer: nnUNetv2_semi_plan_and_preprocess -d '
+                f'{self.plans_manager.dataset_name} -tr {name} -c {self.configuration_name} -p {plans} '
+                f'-gpu_memory_target {max(1, int(available_bytes / 1e9 * 0.9))}, then train with -p '
+                f'{default_plans_name(plans, name)}.')
+        return need
 
     def on_train_end(self):
         super().on_train_end()
