@@ -27,6 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+from nnunet_semi.environment import temporary_env
+
 STOCK = 'nnUNetTrainer'
 
 
@@ -83,17 +85,10 @@ class SavedTensorPeak:
 # ---------------------------------------------------------------------------- the trainer, built from plans
 @contextlib.contextmanager
 def _scratch_results():
-    """nnU-Net trainers create their output folder and log on construction: keep them out of nnUNet_results."""
-    old = os.environ.get('nnUNet_results')
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ['nnUNet_results'] = tmp
-        try:
-            yield tmp
-        finally:
-            if old is None:
-                os.environ.pop('nnUNet_results', None)
-            else:
-                os.environ['nnUNet_results'] = old
+    """nnU-Net trainers create their output folder and log on construction: keep them out of nnUNet_results. The
+    network is not compiled: compiling takes long and eager memory is the safe side of the estimate."""
+    with tempfile.TemporaryDirectory() as tmp, temporary_env(nnUNet_results=tmp, nnUNet_compile='f'):
+        yield tmp
 
 
 def build_trainer(trainer: Union[str, type], plans: dict, configuration: str, dataset_json: dict, device: torch.device,

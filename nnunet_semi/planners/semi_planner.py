@@ -15,7 +15,6 @@ preprocessed for them. Train with ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p
 import argparse
 import contextlib
 import io
-import os
 from typing import Dict, Optional
 
 import numpy as np
@@ -30,6 +29,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunet_semi.data.unlabeled import UnlabeledDataError, exit_on_data_error
+from nnunet_semi.environment import temporary_env
 from nnunet_semi.planners import footprint
 
 DEFAULT_CONFIGURATIONS = ('2d', '3d_fullres')
@@ -45,15 +45,8 @@ class FootprintScaledPlanner:
 
     def static_estimate_VRAM_usage(self, patch_size, *args, **kwargs):
         # nnU-Net sets torch threads to nnUNet_n_proc_DA here, which crashes with 0
-        old = os.environ.get('nnUNet_n_proc_DA')
-        os.environ['nnUNet_n_proc_DA'] = str(max(1, get_allowed_n_proc_DA()))
-        try:
+        with temporary_env(nnUNet_n_proc_DA=max(1, get_allowed_n_proc_DA())):
             estimate = super().static_estimate_VRAM_usage(patch_size, *args, **kwargs)
-        finally:
-            if old is None:
-                del os.environ['nnUNet_n_proc_DA']
-            else:
-                os.environ['nnUNet_n_proc_DA'] = old
         return estimate * self.memory_factor.get(len(patch_size), 1.0)
 
     def save_plans(self, plans):

@@ -19,7 +19,6 @@ nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable ne
 """
 import os
 import random
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Tuple, Union
 
 import numpy as np
@@ -37,6 +36,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 import nnunet_semi
+from nnunet_semi.environment import temporary_env
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 from nnunet_semi.data.unlabeled import collect_unlabeled_cases
 from nnunet_semi.trainers.progress import SemiLocalLogger
@@ -52,20 +52,6 @@ def unwrap(module: nn.Module) -> nn.Module:
     if isinstance(module, OptimizedModule):
         module = module._orig_mod
     return module
-
-
-@contextmanager
-def _n_proc_DA(n: int):
-    """nnU-Net reads its augmentation worker count from nnUNet_n_proc_DA; set it for the duration of a call."""
-    old = os.environ.get('nnUNet_n_proc_DA')
-    os.environ['nnUNet_n_proc_DA'] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ['nnUNet_n_proc_DA']
-        else:
-            os.environ['nnUNet_n_proc_DA'] = old
 
 
 class nnUNetTrainerSemi(nnUNetTrainer):
@@ -151,7 +137,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         # the unlabeled loader's workers come out of the same nnUNet_n_proc_DA budget as the labeled ones
         budget = get_allowed_n_proc_DA()
         n_unlabeled = budget // 2
-        with _n_proc_DA(budget - n_unlabeled):
+        with temporary_env(nnUNet_n_proc_DA=budget - n_unlabeled):  # nnU-Net reads it when it starts them
             dataloader_train, dataloader_val = super().get_dataloaders()
         self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
         return dataloader_train, dataloader_val
