@@ -187,8 +187,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             need = float('inf')
         if need > available_bytes:
             name, plans = self.__class__.__name__, self.plans_manager.plans_name
+            amount = 'more than the GPU holds even at batch 2' if need == float('inf') else \
+                f'about {need / 2 ** 30:.1f} GiB per step'
             self.print_to_log_file(
-                f'WARNING: {name} needs about {need / 2 ** 30:.1f} GiB per step with the plans {plans} '
+                f'WARNING: {name} needs {amount} with the plans {plans} '
                 f'({self.configuration_name}: patch {list(self.configuration_manager.patch_size)}, batch '
                 f'{self.configuration_manager.batch_size}), more than the {available_bytes / 2 ** 30:.1f} GiB '
                 f'available. Plans sized for this trainer: nnUNetv2_semi_plan_and_preprocess -d '
