@@ -44,6 +44,8 @@ def test_losses_and_ablations_on_a_real_batch(tiny_dataset):
                                    ('nnUNetTrainerSSCL_concat', ConcatFusion, {'inpaint_labeled': True})):
         trainer = trainer_from_args(ds, name, 4, num_epochs=1, **settings)
         assert all(isinstance(f, fusion) for f in trainer.network.fusions), name
+        # the inpainting scales weigh as nnU-Net's deep supervision: 1, 1/2, (1/4 -> 0), normalised
+        assert list(trainer.loss.weight_factors) == pytest.approx([2 / 3, 1 / 3, 0.0])
         trainer.on_train_start()
         before = [p.detach().clone() for p in trainer.network.inpainting_decoder.parameters()]
         out = trainer.train_step(next(trainer.dataloader_train))

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from nnunet_semi.losses.inpainting import deep_supervision_weights, inpainting_loss, masked_l1
+from nnunet_semi.losses.inpainting import inpainting_loss, masked_l1
 from nnunet_semi.networks.sscl import GatedFeatureFusion, SSCLNetwork, foreground
 
 BIG = 50.0  # a bias that saturates a sigmoid gate: sigmoid(50) = 1, sigmoid(-50) = 0 in float32
@@ -56,9 +56,7 @@ def test_masked_l1_by_hand_and_empty_mask():
     assert masked_l1(two, torch.zeros_like(two), mask).item() == pytest.approx((1 + 5 + 2 + 6) / 4)
 
 
-def test_inpainting_loss_over_scales_with_nnunet_weights():
-    assert deep_supervision_weights(3).tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])  # 1, 1/2, (1/4 -> 0)
-    assert deep_supervision_weights(1).tolist() == [1.0]
+def test_inpainting_loss_over_scales():
     image = torch.ones(1, 1, 4, 4)
     full, half = torch.full((1, 1, 4, 4), 3.0), torch.zeros(1, 1, 2, 2)
     masks = [torch.ones(1, 1, 4, 4, dtype=torch.bool), torch.ones(1, 1, 2, 2, dtype=torch.bool)]

@@ -2,7 +2,6 @@
 every deep supervision scale."""
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -15,14 +14,6 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     mask = mask.to(prediction.dtype)
     total = ((prediction.float() - target.float()).abs() * mask).sum()
     return total / (mask.sum() * prediction.shape[1]).clamp_min(1)
-
-
-def deep_supervision_weights(n: int) -> np.ndarray:
-    """nnU-Net's weights of n deep supervision scales: 1/2^k, the lowest resolution 0, normalised to sum 1."""
-    weights = np.array([1 / 2 ** k for k in range(n)])
-    if n > 1:
-        weights[-1] = 0
-    return weights / weights.sum()
 
 
 def inpainting_loss(inpaintings: Sequence[torch.Tensor], image: torch.Tensor, masks: Sequence[torch.Tensor],

@@ -10,15 +10,15 @@ For a binary task, (p_0, p_1) = (1 - y_hat, y_hat), this is the paper's w_b MSE(
 """
 import torch
 
+from nnunet_semi.losses.consistency import probabilities
+
 
 def attention_maps(logits: torch.Tensor, regions: bool = False) -> torch.Tensor:
     """The maps that split an image, from segmentation logits (B, C, *spatial): softmax over the classes (B, C, ...);
     for nnU-Net's overlapping regions, the background 1 - max_r sigmoid_r followed by each region's sigmoid
     (B, C + 1, ...), which for one region is the paper's (1 - y_hat, y_hat)."""
-    if not regions:
-        return torch.softmax(logits.float(), 1)
-    p = torch.sigmoid(logits.float())
-    return torch.cat((1 - p.amax(1, keepdim=True), p), 1)
+    p = probabilities(logits.float(), regions)
+    return torch.cat((1 - p.amax(1, keepdim=True), p), 1) if regions else p
 
 
 def label_maps(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

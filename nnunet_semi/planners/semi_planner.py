@@ -133,7 +133,6 @@ def semi_plan(dataset_name_or_id, trainer: str, gpu_memory_target_in_gb: float =
     measured = ratios(source)
     history = []
     cls = planner_class(planner)
-    plans = None
     for round_ in range(max_rounds):
         cls.memory_factor = {dims[c]: measured[c]['memory'] for c in configurations}
         cls.source_plans = source

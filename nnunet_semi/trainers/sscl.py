@@ -22,7 +22,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_semi.losses.inpainting import deep_supervision_weights, inpainting_loss
+from nnunet_semi.losses.inpainting import inpainting_loss
 from nnunet_semi.networks.sscl import SSCLNetwork, foreground
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.variants import add_short_variants
@@ -63,9 +63,10 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
         inpaintings = network.inpaint([f[first:] for f in fused])
         scales = segmentation if isinstance(segmentation, (list, tuple)) else [segmentation]
         masks = [foreground(s[first:].detach(), network.regions) for s in scales]
+        scale_weights = getattr(self.loss, 'weight_factors', [1.0])  # nnU-Net's deep supervision weights
         return {'segmentation': (self.segmentation_weight, self.loss(self.split_batch(segmentation, n)[0], target)),
                 'inpainting': (self.inpainting_weight, inpainting_loss(
-                    inpaintings, x[first:], masks, deep_supervision_weights(len(masks))))}
+                    inpaintings, x[first:], masks, scale_weights))}
 
 
 class nnUNetTrainerSSCL_add(nnUNetTrainerSSCL):
