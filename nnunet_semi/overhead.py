@@ -29,7 +29,7 @@ from nnunet_semi.planners import footprint
 
 STOCK = footprint.STOCK
 DEFAULT_TRAINERS = ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerCAML', 'nnUNetTrainerSSCL', 'nnUNetTrainerMASSL',
-                    'nnUNetTrainerMASSLJoint']
+                    'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast']
 
 
 def _prepare_tiny(root: str) -> str:
@@ -73,14 +73,25 @@ def _steps(fn, n):
 
 
 def time_trainers(names, dataset, configuration, plans, device, rounds, iters):
-    """{name: (compute step times, with-loading step times, unlabeled wait share)}, interleaved."""
+    """{name: (compute step times, with-loading step times, unlabeled wait share, seconds of the work at the start of
+    an epoch mid-training)}, interleaved. The trainers write their logs (and pseudo-labels) to a scratch folder."""
+    with footprint._scratch_results() as scratch:
+        return _time_trainers(names, dataset, configuration, plans, device, rounds, iters, scratch)
+
+
+def _time_trainers(names, dataset, configuration, plans, device, rounds, iters, scratch):
     from nnunetv2.run.run_training import get_trainer_from_args
-    trainers, loaders = {}, {}
+    trainers, loaders, epoch_start = {}, {}, {}
     for n in names:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's start-up messages
             t = get_trainer_from_args(dataset, configuration, 0, n, plans, False, device=device)
+            if hasattr(t, 'pseudo_label_folder'):
+                t.pseudo_label_folder = os.path.join(scratch, 'pseudo_labels', n)
             t.on_train_start()
+            t.current_epoch = t.num_epochs // 2  # mid-training: every term on (PLContrast: a round begins here)
+            start = time.perf_counter()
             t.on_train_epoch_start()
+            epoch_start[n] = time.perf_counter() - start
         trainers[n] = t
     try:
         batches = {n: [next(t.dataloader_train) for _ in range(iters)] for n, t in trainers.items()}
@@ -102,7 +113,8 @@ def time_trainers(names, dataset, configuration, plans, device, rounds, iters):
                 if n in loaders:
                     t.dataloader_unlabeled = timed[n]
                 loading[n] += _steps(lambda: t.train_step(next(t.dataloader_train)), iters)
-        return {n: (compute[n], loading[n], timed[n].wait / sum(loading[n]) if n in timed else None) for n in names}
+        return {n: (compute[n], loading[n], timed[n].wait / sum(loading[n]) if n in timed else None, epoch_start[n])
+                for n in names}
     finally:
         for n, t in trainers.items():
             t.dataloader_unlabeled = loaders.get(n, getattr(t, 'dataloader_unlabeled', None))
@@ -129,6 +141,11 @@ def table(names, timing, footprints, device) -> str:
                      f'{t_ratio / flop_ratio:.2f} | {f.memory_bytes / stock.memory_bytes:.2f} | '
                      f'{f.activation_bytes / stock.activation_bytes:.2f} | '
                      f'{"n/a" if wait is None else f"{100 * wait:.2f} %"} |')
+    lines.append('')
+    for n in names:  # work done once per epoch or round, beyond the steps (PLContrast's pseudo-labels)
+        if timing[n][3] > 5 * base_l:
+            lines.append(f'{n}: the start of an epoch mid-training (a pseudo-label round, every unlabeled case '
+                         f'predicted) took as long as {timing[n][3] / base_l:.0f} stock iterations.')
     return '\n'.join(lines)
 
 

@@ -122,19 +122,24 @@ def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: P
     assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(export, ds['env'], ok=False)
 
 
-def kill_after_first_checkpoint(cmd, env, latest: Path, timeout=600):
-    """Start a training command, SIGKILL it as soon as ``latest`` (checkpoint_latest.pth) exists: an interruption
-    with no chance to clean up."""
+def kill_when(cmd, env, condition, what: str, timeout=600):
+    """Start a training command, SIGKILL it as soon as ``condition()`` holds: an interruption with no chance to clean
+    up. ``what`` names the condition in the failure message."""
     proc = subprocess.Popen([str(BIN / cmd[0])] + [str(c) for c in cmd[1:]], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + timeout
-        while not latest.is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert latest.is_file(), f'no {latest.name} was written after the first epoch'
+        while not condition() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert condition(), f'{what} never happened before the command ended'
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def kill_after_first_checkpoint(cmd, env, latest: Path, timeout=600):
+    """Start a training command, SIGKILL it as soon as ``latest`` (checkpoint_latest.pth) exists."""
+    kill_when(cmd, env, latest.is_file, f'{latest.name} written after the first epoch', timeout)
 
 
 def interrupt_then_load(ds, trainer, fold):
@@ -171,7 +176,7 @@ def resume_to_the_end(ds, trainer, fold, saved: dict, term: str):
     run(train_cmd(ds, '3d_fullres', fold, trainer, '--c'), ds['env'])
     folder = model_folder(ds, trainer, '3d_fullres', fold)
     log = newest_log(folder)
-    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0\n' not in log
+    assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0 \n' not in log
     final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert final['current_epoch'] == 3 and len(final['logging']['term_' + term]) == 3
 

@@ -21,3 +21,23 @@ def frozen(parameters):
 def decoder_parameters(decoder: torch.nn.Module):
     """The parameters of a decoder alone (nnU-Net's UNetDecoder also holds its encoder as a submodule)."""
     return [p for name, p in decoder.named_parameters() if not name.startswith('encoder.')]
+
+
+class Captured:
+    value = None
+
+
+@contextmanager
+def output_of(module: torch.nn.Module):
+    """Inside the block, the latest output of ``module`` is kept in the yielded object's ``value`` (a forward hook,
+    removed on leaving): how a method reads intermediate features of nnU-Net's U-Net without changing its forward."""
+    captured = Captured()
+
+    def hook(_module, _inputs, output):
+        captured.value = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()

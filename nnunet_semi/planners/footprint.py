@@ -195,9 +195,9 @@ def measure_trainer(trainer, seed: int = 0, cuda_baseline: int = 0) -> Footprint
     optimizer state exists as it does during training; the trainer's weights change (use a throw-away trainer).
     cuda_baseline: bytes allocated before the trainer was built (subtracted from the CUDA peak)."""
     batch = synthetic_batch(trainer, seed)
-    if hasattr(trainer, 'dataloader_unlabeled'):  # a semi trainer: its unlabeled batch
-        unlabeled = synthetic_batch(trainer, seed + 1, trainer.batch_size_unlabeled or trainer.batch_size)['data']
-        trainer.dataloader_unlabeled = itertools.repeat({'data': unlabeled})
+    if hasattr(trainer, 'dataloader_unlabeled'):  # a semi trainer: its unlabeled batch (with targets: pseudo-labels)
+        unlabeled = synthetic_batch(trainer, seed + 1, trainer.batch_size_unlabeled or trainer.batch_size)
+        trainer.dataloader_unlabeled = itertools.repeat(unlabeled)
     for m in _modules(trainer):
         m.train()
     if hasattr(trainer, 'iteration'):  # mid-training: ramped-up weights, every term computed

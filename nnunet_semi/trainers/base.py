@@ -8,13 +8,14 @@ A method subclasses it and writes only its own parts:
   ``{name: (weight, loss)}``;
 - optionally ``train_iteration`` for a method that takes several optimisation steps per iteration (each through
   ``optimization_step``), ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
-  ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), and extra
-  optimizers through ``register_optimizer``.
+  ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), extra
+  optimizers through ``register_optimizer``, and ``next_unlabeled()`` for unlabeled batches that carry more than
+  images (pseudo-labels).
 
 The base does the rest once: a second loader of unlabeled batches, moving both batches to the device, autocast on
-CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer, logging each term
-(training log and progress.png), and saving everything beyond ``self.network`` under the ``nnunet_semi`` key of
-nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so stock
+CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer that received
+gradients, logging each term (training log and progress.png), and saving everything beyond ``self.network`` under
+the ``nnunet_semi`` key of nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so stock
 ``nnUNetv2_predict`` loads the result.
 """
 import os
@@ -143,14 +144,28 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         return dataloader_train, dataloader_val
 
     def get_unlabeled_dataloader(self, num_processes: int):
+        """The augmenter of unlabeled batches: nnU-Net's patch sampling and training transforms on images only."""
+        cases = self.find_unlabeled_cases(num_processes)
+        initial_patch_size, transforms = self.unlabeled_transforms()
+        loader = UnlabeledDataLoader(UnlabeledImages(cases), self.batch_size_unlabeled or self.batch_size,
+                                     initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
+                                     transforms=transforms)
+        return self.start_augmenter(loader, num_processes)
+
+    def find_unlabeled_cases(self, num_processes: int) -> Dict[str, str]:
+        """Every unlabeled case of this fold (key -> file path without ending, see data/unlabeled.py), logged."""
         cases = collect_unlabeled_cases(self.preprocessed_dataset_folder_base,
                                         self.configuration_manager.data_identifier, self.fold)
         self.num_unlabeled_cases = len(cases)
-        batch_size = self.batch_size_unlabeled or self.batch_size
         n_hidden = sum(k.startswith('hidden:') for k in cases)
         self.print_to_log_file(f'Unlabeled cases: {len(cases)} ({len(cases) - n_hidden} from imagesUnlabeled, '
                                f'{n_hidden} with labels hidden by nnUNetv2_semi_split); unlabeled batch size '
-                               f'{batch_size}; {num_processes} augmentation worker(s) for them')
+                               f'{self.batch_size_unlabeled or self.batch_size}; {num_processes} augmentation '
+                               f'worker(s) for them')
+        return cases
+
+    def unlabeled_transforms(self):
+        """(the initial patch size, nnU-Net's training transforms) for unlabeled batches, exactly as for labeled."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_training_transforms(
@@ -159,8 +174,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels,
             regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
             ignore_label=self.label_manager.ignore_label)
-        loader = UnlabeledDataLoader(UnlabeledImages(cases), batch_size, initial_patch_size,
-                                     self.configuration_manager.patch_size, self.label_manager, transforms=transforms)
+        return initial_patch_size, transforms
+
+    def start_augmenter(self, loader, num_processes: int):
+        """Run ``loader`` in ``num_processes`` background workers (in this process when 0), as nnU-Net does."""
         if num_processes == 0:
             augmenter = SingleThreadedAugmenter(loader, None)
         else:
@@ -234,7 +251,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             target = [t.to(self.device, non_blocking=True) for t in target]
         else:
             target = target.to(self.device, non_blocking=True)
-        unlabeled = next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
+        unlabeled = self.next_unlabeled()
         self.labeled_keys = list(batch['keys'])  # the labeled batch's case identifiers, for methods that need them
 
         terms = self.train_iteration(data, target, unlabeled)
@@ -248,6 +265,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             out['term_' + name] = value
             out['weight_' + name] = float(weight)
         return out
+
+    def next_unlabeled(self) -> torch.Tensor:
+        """The next unlabeled batch's images (B_u, C, *patch) on the device."""
+        return next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
 
     def train_iteration(self, data: torch.Tensor, target, unlabeled: torch.Tensor) -> LossTerms:
         """One iteration's optimisation; returns every loss term it computed. By default one step of every optimizer
@@ -265,20 +286,23 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             terms = compute()
             total = sum(weight * loss for weight, loss in terms.values())
-
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
+        scaler = self.grad_scaler
+        (total if scaler is None else scaler.scale(total)).backward()
+        # an optimizer none of whose parameters took part (a head unused in this stage) is not stepped: the grad
+        # scaler refuses to step one that has no gradients
+        optimizers = [opt for opt in optimizers
+                      if any(p.grad is not None for group in opt.param_groups for p in group['params'])]
+        if scaler is not None:
             for opt in optimizers:
-                self.grad_scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
-            for opt in optimizers:
-                self.grad_scaler.step(opt)
-            self.grad_scaler.update()
-        else:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
-            for opt in optimizers:
+                scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
+        for opt in optimizers:
+            if scaler is None:
                 opt.step()
+            else:
+                scaler.step(opt)
+        if scaler is not None:
+            scaler.update()
         return terms
 
     def on_train_epoch_end(self, train_outputs: List[dict]):

@@ -1,0 +1,233 @@
+"""Pseudo-label self-training with a local contrastive loss (Chaitanya et al., MedIA 2023), on nnU-Net's networks and
+data. The authors ran it as separate manual stages; here the stages run by themselves inside one nnUNetv2_train:
+
+1. warm-up: nnU-Net's labeled-only training (the first ``warmup_fraction`` of the epochs; the paper's baseline, 5,000
+   of its 20,000 iterations);
+2. at the start of each round: pseudo-labels for every unlabeled case, by nnU-Net's own sliding-window prediction on
+   the preprocessed unlabeled volumes with the current network (argmax; no CRF), written to disk
+   (data/pseudo_labels.py);
+3. rounds of joint training (``num_rounds``, equal shares of the remaining epochs). Each iteration, on the labeled
+   batch and a batch of unlabeled cases with their pseudo-labels (same loader and augmentation as labeled cases):
+
+    L = L_DC+CE(labeled) + lambda * L_local(labeled with ground truth + unlabeled with pseudo-labels),  lambda = 0.1
+
+   L_local (losses/local_contrastive.py) on the 16-d pixel embeddings of a two-layer 1x1 projection head on the last
+   decoder stage, at full resolution: 3 anchors per foreground class per image, tau = 0.1, class-mean prototypes of
+   the image and of its paired image as positives, the other classes' prototypes as negatives. Pseudo-labels enter
+   the contrastive term only, never the segmentation loss (as in the paper).
+
+After ``-pretrained_weights`` the warm-up is shorter (``pretrained_warmup_fraction``): nnU-Net never transfers the
+segmentation layers, so a few labeled epochs must train them before the first pseudo-labels. The deployed network is
+nnU-Net's plain network; the projection head is saved under the checkpoint's ``nnunet_semi`` key.
+"""
+import shutil
+from time import time
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import isdir
+
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+from nnunet_semi.data import pseudo_labels
+from nnunet_semi.data.pseudo_labels import PseudoLabeledCases, write_pseudo_labels
+from nnunet_semi.losses.local_contrastive import local_contrastive_loss
+from nnunet_semi.networks.parts import output_of
+from nnunet_semi.networks.projection import ProjectionHead
+from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.variants import add_short_variants
+
+
+def warmup_length(num_epochs: int, fraction: float) -> int:
+    """Warm-up epochs: a fraction of the training, at least one, and at least one epoch left for the rounds."""
+    if fraction <= 0 or num_epochs < 2:
+        return 0
+    return min(max(1, int(round(fraction * num_epochs))), num_epochs - 1)
+
+
+def round_starts(num_epochs: int, warmup_epochs: int, num_rounds: int) -> List[int]:
+    """The epochs at which rounds 1, 2, ... begin: equal shares of the epochs after the warm-up (one round per epoch
+    when there are fewer epochs than rounds)."""
+    span = num_epochs - warmup_epochs
+    rounds = max(1, min(num_rounds, span))
+    return [warmup_epochs + (k * span) // rounds for k in range(rounds)]
+
+
+def contrastive_pairs(n_labeled: int, n_unlabeled: int) -> List[Tuple[int, int]]:
+    """Pairs of images of the batch [labeled..., unlabeled...]: labeled i with unlabeled i, then within each group
+    each image with the next (cyclically), so the batch mixes labeled-unlabeled, labeled-labeled and
+    unlabeled-unlabeled pairs, as the paper's does."""
+    pairs = [(i, n_labeled + i) for i in range(min(n_labeled, n_unlabeled))]
+    for start, count in ((0, n_labeled), (n_labeled, n_unlabeled)):
+        if count == 2:
+            pairs.append((start, start + 1))
+        elif count > 2:
+            pairs += [(start + i, start + (i + 1) % count) for i in range(count)]
+    return pairs
+
+
+class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
+    single_gpu = True  # pseudo-labels are predicted by one process
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.contrastive_weight = 0.1  # lambda
+        self.temperature = 0.1  # tau
+        self.anchors_per_class = 3  # anchor pixels per foreground class per image
+        self.projection_dim = 16
+        self.warmup_fraction = 0.25  # labeled-only epochs before the first pseudo-labels (paper: 5,000 of 20,000)
+        self.pretrained_warmup_fraction = 0.05  # the same after -pretrained_weights
+        self.num_rounds = 3  # pseudo-labels are regenerated at the start of each
+        self.confidence_threshold = None  # e.g. 0.9: pseudo-label pixels of lower probability are left out of L_local
+        self.pseudo_label_mirroring = False  # nnU-Net's test-time mirroring for pseudo-labels (2^axes times slower)
+        self.warmup_epochs = None  # decided at the start of training, kept in the checkpoint
+        self.round = 0  # 0: warm-up
+        self.pseudo_target = None  # the pseudo-labels of the current unlabeled batch
+        self.unlabeled_cases = {}
+        self.pseudo_label_folder = pseudo_labels.run_folder(  # this run's rounds (data/pseudo_labels.py)
+            self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,
+            self.__class__.__name__, self.plans_manager.plans_name, fold)
+
+    def _do_i_compile(self):
+        return False  # the contrastive loss reads the last decoder stage through a forward hook
+
+    # ------------------------------------------------------------------ modules
+    def build_semi_modules(self):
+        if self.confidence_threshold is not None and self.label_manager.has_regions:
+            raise RuntimeError(f'{self.__class__.__name__}: confidence_threshold needs plain labels; dataset.json '
+                               f'defines regions. Set confidence_threshold = None for this dataset.')
+        encoder = unwrap(self.network).encoder
+        self.projection_head = ProjectionHead(encoder.output_channels[0], encoder.conv_op, self.projection_dim)
+        self.register_optimizer('projection_head', torch.optim.SGD(
+            self.projection_head.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+            nesterov=True), self.initial_lr)
+        # a copy of the first weights, to tell at the start whether -pretrained_weights replaced them
+        self._initial_weights = next(unwrap(self.network).parameters()).detach().clone()
+
+    def semi_modules(self):
+        return {'projection_head': self.projection_head}
+
+    def semi_state_dict(self):
+        return {'warmup_epochs': self.warmup_epochs}
+
+    def load_semi_state_dict(self, state):
+        self.warmup_epochs = state['warmup_epochs']
+
+    @property
+    def num_contrastive_classes(self) -> int:
+        """Background plus the foreground labels (or regions)."""
+        lm = self.label_manager
+        return 1 + len(lm.foreground_regions if lm.has_regions else lm.foreground_labels)
+
+    # ------------------------------------------------------------------ stages
+    def get_unlabeled_dataloader(self, num_processes: int):
+        self.unlabeled_cases = self.find_unlabeled_cases(num_processes)
+        self.num_unlabeled_processes = num_processes
+        return None  # each round starts a loader over its own pseudo-labels
+
+    def on_semi_train_start(self, resumed: bool):
+        if not resumed:
+            pretrained = not torch.equal(self._initial_weights, next(unwrap(self.network).parameters()).detach())
+            fraction = self.pretrained_warmup_fraction if pretrained else self.warmup_fraction
+            self.warmup_epochs = warmup_length(self.num_epochs, fraction)
+            if isdir(self.pseudo_label_folder):  # a fresh run: pseudo-labels of an earlier run are not ours
+                shutil.rmtree(self.pseudo_label_folder)
+        starts = round_starts(self.num_epochs, self.warmup_epochs, self.num_rounds)
+        self.print_to_log_file(
+            f'PLContrast: {self.warmup_epochs} labeled-only warm-up epoch(s), then {len(starts)} round(s) starting at '
+            f'epochs {starts}, each with fresh pseudo-labels of {len(self.unlabeled_cases)} unlabeled cases in '
+            f'{self.pseudo_label_folder}; lambda {self.contrastive_weight}, tau {self.temperature}, '
+            f'{self.anchors_per_class} anchors per class')
+
+    def round_of(self, epoch: int) -> int:
+        return sum(epoch >= s for s in round_starts(self.num_epochs, self.warmup_epochs, self.num_rounds))
+
+    def on_train_epoch_start(self):
+        r = self.round_of(self.current_epoch)
+        if r != self.round:  # a new round, or a resumed run inside one
+            self.start_round(r)
+        super().on_train_epoch_start()
+
+    def start_round(self, r: int):
+        folder = pseudo_labels.round_folder(self.pseudo_label_folder, r)
+        self.print_to_log_file(f'Round {r}: pseudo-labels of {len(self.unlabeled_cases)} unlabeled cases from the '
+                               f'current network')
+        start = time()
+        self.set_deep_supervision_enabled(False)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=self.pseudo_label_mirroring,
+                                    perform_everything_on_device=self.device.type == 'cuda', device=self.device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        cases = PseudoLabeledCases(self.unlabeled_cases, folder)
+        lm = self.label_manager
+        written = write_pseudo_labels(
+            cases.identifiers, folder, lambda key: self.pseudo_label(predictor, cases.load_image(key)),
+            lm.foreground_regions if lm.has_regions else lm.foreground_labels, self.print_to_log_file)
+        self.set_deep_supervision_enabled(True)
+        self.print_to_log_file(f'Round {r}: {written} pseudo-labels written in {time() - start:.1f} s')
+
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        initial_patch_size, transforms = self.unlabeled_transforms()
+        loader = nnUNetDataLoader(cases, self.batch_size_unlabeled or self.batch_size, initial_patch_size,
+                                  self.configuration_manager.patch_size, lm, self.oversample_foreground_percent,
+                                  probabilistic_oversampling=self.probabilistic_oversampling, transforms=transforms)
+        loader.has_ignore = False  # pseudo-labels have no ignore label: patches follow their foreground or are random
+        self.dataloader_unlabeled = self.start_augmenter(loader, self.num_unlabeled_processes)
+        self.round = r
+
+    @torch.no_grad()
+    def pseudo_label(self, predictor: nnUNetPredictor, image) -> np.ndarray:
+        """The segmentation of one preprocessed volume (C, *shape) by sliding-window prediction: (1, *shape) labels,
+        UNCERTAIN where the predicted probability is below the confidence threshold."""
+        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(image[:])).float())
+        logits = logits.cpu()  # nnU-Net's label manager converts tensors through numpy
+        segmentation = self.label_manager.convert_logits_to_segmentation(logits)
+        if self.confidence_threshold is not None:
+            confidence = self.label_manager.apply_inference_nonlin(logits).max(0).values
+            segmentation = torch.where(confidence < self.confidence_threshold, pseudo_labels.UNCERTAIN, segmentation)
+        return segmentation.numpy()[None]
+
+    # ------------------------------------------------------------------ one iteration
+    def next_unlabeled(self):
+        if self.dataloader_unlabeled is None:  # warm-up: labeled cases only
+            return None
+        batch = next(self.dataloader_unlabeled)
+        self.pseudo_target = self.full_resolution(batch['target']).to(self.device, non_blocking=True)
+        return batch['data'].to(self.device, non_blocking=True)
+
+    def contrastive_classes(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, *spatial) classes for L_local from a full-resolution target: 0 background, c for label (or region) c,
+        -1 excluded (the ignore label, uncertain pseudo-labels). A pixel in several regions takes the last."""
+        if self.label_manager.has_regions:
+            classes = torch.zeros_like(target[:, 0], dtype=torch.long)
+            for i in range(self.num_contrastive_classes - 1):
+                classes[target[:, i] > 0.5] = i + 1
+            return classes
+        classes = target[:, 0].long()
+        return classes.masked_fill((classes < 0) | (classes >= self.num_contrastive_classes), -1)
+
+    def compute_losses(self, data, target, unlabeled):
+        if unlabeled is None:
+            return {'supervised': (1.0, self.loss(self.network(data), target)),
+                    'contrastive': (0.0, torch.zeros((), device=self.device))}
+        n = data.shape[0]
+        with output_of(unwrap(self.network).decoder.stages[-1]) as features:
+            output = self.network(torch.cat((data, unlabeled)))
+        embeddings = self.projection_head(features.value)
+        classes = torch.cat((self.contrastive_classes(self.full_resolution(target)),
+                             self.contrastive_classes(self.pseudo_target)))
+        contrastive = local_contrastive_loss(embeddings, classes, self.num_contrastive_classes,
+                                             contrastive_pairs(n, unlabeled.shape[0]), self.anchors_per_class,
+                                             self.temperature)
+        return {'supervised': (1.0, self.loss(self.split_batch(output, n)[0], target)),
+                'contrastive': (self.contrastive_weight, contrastive)}
+
+
+__all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals())
