@@ -88,6 +88,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.round = 0  # 0: warm-up
         self.pseudo_target = None  # the pseudo-labels of the current unlabeled batch
         self.unlabeled_cases = {}
+        self.num_unlabeled_processes = 0  # augmentation workers of each round's unlabeled loader
         self.pseudo_label_folder = pseudo_labels.run_folder(  # this run's rounds (data/pseudo_labels.py)
             self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,
             self.__class__.__name__, self.plans_manager.plans_name, fold)
