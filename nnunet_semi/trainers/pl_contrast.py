@@ -170,7 +170,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         written = write_pseudo_labels(
             cases.identifiers, folder, lambda key: self.pseudo_label(predictor, cases.load_image(key)),
             lm.foreground_regions if lm.has_regions else lm.foreground_labels, self.print_to_log_file)
-        self.set_deep_supervision_enabled(True)
+        self.set_deep_supervision_enabled(self.enable_deep_supervision)
         self.print_to_log_file(f'Round {r}: {written} pseudo-labels written in {time() - start:.1f} s')
 
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
