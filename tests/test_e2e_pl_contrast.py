@@ -8,6 +8,7 @@ import torch
 
 from conftest import (assert_predicts_and_exports_to_stock, kill_when, model_folder, newest_log, predict,
                       preprocess_unlabeled, run, SMALL, train, train_cmd, trainer_from_args)
+from nnunet_semi.data.unlabeled import committed_cases
 
 pytestmark = pytest.mark.e2e
 PL = 'nnUNetTrainerPLContrast_smoke'
@@ -21,7 +22,7 @@ def pseudo_label_folder(ds, configuration, fold, round_number, trainer=PL):
 
 
 def committed(folder):
-    return sorted(p.stem for p in folder.glob('*.pkl') if p.with_suffix('.npy').is_file())
+    return committed_cases(str(folder), '.npy')
 
 
 @pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
@@ -63,7 +64,7 @@ def test_plcontrast_killed_while_writing_pseudo_labels_resumes(tiny_dataset):
     if len(kept) < N_UNLABELED:
         assert f'{len(kept)} of {N_UNLABELED} pseudo-labels exist already' in log
         assert f'Round 1: {N_UNLABELED - len(kept)} pseudo-labels written' in log
-    assert len(committed(round_1)) == N_UNLABELED and not list(round_1.glob('*.partial'))
+    assert len(committed(round_1)) == N_UNLABELED and not list((round_1 / '.partial').iterdir())
     assert {c: (round_1 / f'{c}.npy').stat().st_mtime_ns for c in kept} == kept  # not regenerated
     assert len(committed(pseudo_label_folder(ds, '3d_fullres', 1, 2))) == N_UNLABELED
     final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)

@@ -12,8 +12,7 @@ from typing import Dict, List
 
 import blosc2
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
-    write_pickle
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
 from tqdm import tqdm
 
 from nnunetv2.configuration import default_num_processes
@@ -24,27 +23,18 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunet_semi.data.unlabeled import UnlabeledDataError, committed_cases, exit_on_data_error, \
-    find_raw_unlabeled_cases, preprocessed_unlabeled_folder
+    find_raw_unlabeled_cases, preprocessed_unlabeled_folder, write_case_atomically
 
 DEFAULT_CONFIGURATIONS = ('2d', '3d_fullres', '3d_lowres')
-PARTIAL = '.partial'
 
 
 def save_case_atomically(data: np.ndarray, properties: dict, output_folder: str, case: str, patch_size) -> None:
     """Write ``case.b2nd`` (the image, blosc2 chunked for the patch size as nnU-Net does) and ``case.pkl``."""
-    partial = join(output_folder, PARTIAL)
-    maybe_mkdir_p(partial)
-    image_tmp, props_tmp = join(partial, case + '.b2nd'), join(partial, case + '.pkl')
-    for f in (image_tmp, props_tmp):
-        if isfile(f):
-            os.remove(f)
     data = np.ascontiguousarray(data, dtype=np.float32)
     blocks, chunks = comp_blosc2_params(data.shape, tuple(patch_size), data.itemsize)
-    blosc2.asarray(data, urlpath=image_tmp, chunks=chunks, blocks=blocks,
-                   cparams={'codec': blosc2.Codec.LZ4HC, 'clevel': 5, 'nthreads': 1})
-    write_pickle(properties, props_tmp)
-    os.replace(image_tmp, join(output_folder, case + '.b2nd'))
-    os.replace(props_tmp, join(output_folder, case + '.pkl'))  # last: marks the case as complete
+    write_case_atomically(output_folder, case, '.b2nd', lambda path: blosc2.asarray(
+        data, urlpath=path, chunks=chunks, blocks=blocks, cparams={'codec': blosc2.Codec.LZ4HC, 'clevel': 5,
+                                                                   'nthreads': 1}), properties)
 
 
 _worker = {}

@@ -7,20 +7,20 @@ One folder per training run and round::
         <case>.pkl   {'class_locations': ...}, sampled from the pseudo-label as nnU-Net's preprocessor samples them
                      from a ground truth, so nnU-Net's loader can oversample the foreground of unlabeled cases too
 
-Each file is written under a temporary name and renamed into place, and the .pkl after the .npy: a case counts only
-once its .pkl exists, so a generation killed at any moment leaves complete cases and nothing that looks complete but
-is not. Generating again writes only the cases that are missing.
+Each case is written as nnUNetv2_semi_preprocess writes unlabeled images (``write_case_atomically``: the .pkl is
+renamed into place last), so a generation killed at any moment leaves complete cases and nothing that looks complete
+but is not. Generating again writes only the cases that are missing.
 """
-import os
-import pickle
 from typing import Callable, Dict, Iterable, List
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_pickle, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle, maybe_mkdir_p
 
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_semi.data.loader import UnlabeledImages
+from nnunet_semi.data.unlabeled import committed_cases, write_case_atomically
 
 SUFFIX = '_pseudolabels'
 UNCERTAIN = -2  # a pseudo-label below the confidence threshold (nnU-Net's transforms keep it; -1 they turn into 0)
@@ -41,18 +41,6 @@ def file_stem(key: str) -> str:
     return key.replace(':', '__')
 
 
-def committed(folder: str, key: str) -> bool:
-    stem = join(folder, file_stem(key))
-    return isfile(stem + '.pkl') and isfile(stem + '.npy')
-
-
-def _write_atomically(path: str, write: Callable) -> None:
-    partial = path + '.partial'
-    with open(partial, 'wb') as f:
-        write(f)
-    os.replace(partial, path)
-
-
 def write_pseudo_labels(keys: Iterable[str], folder: str, segment: Callable[[str], np.ndarray],
                         classes_or_regions: List, log: Callable[[str], None] = print) -> int:
     """Write the pseudo-label of every case in ``keys`` that ``folder`` does not hold complete yet.
@@ -61,18 +49,17 @@ def write_pseudo_labels(keys: Iterable[str], folder: str, segment: Callable[[str
     what nnU-Net's loader oversamples (the label manager's foreground labels or regions). Logs progress about every
     tenth of the cases. Returns the number of cases written."""
     maybe_mkdir_p(folder)
-    keys = list(keys)
-    todo = [k for k in keys if not committed(folder, k)]
+    keys, done = list(keys), set(committed_cases(folder, '.npy'))
+    todo = [k for k in keys if file_stem(k) not in done]
     if len(todo) < len(keys):
         log(f'{len(keys) - len(todo)} of {len(keys)} pseudo-labels exist already in {folder}: kept')
     step = max(1, len(todo) // 10)
     for n, key in enumerate(todo, 1):
         seg = np.asarray(segment(key))
         seg = seg.astype(np.int8 if seg.max() <= 127 else np.int16)
-        stem = join(folder, file_stem(key))
-        _write_atomically(stem + '.npy', lambda f: np.save(f, seg))
         locations = DefaultPreprocessor._sample_foreground_locations(seg, classes_or_regions)
-        _write_atomically(stem + '.pkl', lambda f: pickle.dump({'class_locations': locations}, f))
+        write_case_atomically(folder, file_stem(key), '.npy', lambda path: np.save(path, seg),
+                              {'class_locations': locations})
         if n % step == 0 or n == len(todo):
             log(f'pseudo-labels: {n}/{len(todo)} cases written to {folder}')
     return len(todo)
@@ -89,3 +76,12 @@ class PseudoLabeledCases(UnlabeledImages):
     def load_case(self, key: str):
         stem = join(self.folder, file_stem(key))
         return self.load_image(key), np.load(stem + '.npy', mmap_mode='r'), None, load_pickle(stem + '.pkl')
+
+
+class PseudoLabeledDataLoader(nnUNetDataLoader):
+    """nnU-Net's loader on PseudoLabeledCases. Pseudo-labels have no ignore label: patches follow their foreground
+    (oversampling) or are placed at random."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.has_ignore = False

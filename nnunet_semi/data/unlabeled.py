@@ -11,13 +11,15 @@ import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, List
+from typing import Callable, Dict, List
 
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
+    write_pickle
 
 RAW_FOLDER = 'imagesUnlabeled'
 PREPROCESSED_SUFFIX = '_unlabeled'
 SPLITS_FILE = 'splits_final.json'
+PARTIAL = '.partial'  # where write_case_atomically writes before renaming
 
 
 class UnlabeledDataError(RuntimeError):
@@ -82,13 +84,31 @@ def find_raw_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dic
     return cases
 
 
-def committed_cases(folder: str) -> List[str]:
-    """Identifiers of the cases completely written to a preprocessed unlabeled folder (image and properties; the
-    properties file is written last, so a case interrupted halfway is not listed)."""
+def committed_cases(folder: str, data_ending: str = '.b2nd') -> List[str]:
+    """Identifiers of the cases completely written to ``folder`` by ``write_case_atomically`` (data file and
+    properties; the properties file is renamed into place last, so a case interrupted halfway is not listed)."""
     if not isdir(folder):
         return []
     names = set(os.listdir(folder))
-    return sorted(f[:-4] for f in names if f.endswith('.pkl') and f[:-4] + '.b2nd' in names)
+    return sorted(f[:-4] for f in names if f.endswith('.pkl') and f[:-4] + data_ending in names)
+
+
+def write_case_atomically(output_folder: str, case: str, data_ending: str, write_data: Callable[[str], None],
+                          properties: dict) -> None:
+    """Write ``<case><data_ending>`` (by ``write_data(path)``) and ``<case>.pkl`` into ``output_folder``: each first
+    into ``output_folder/.partial/``, then renamed into place, the properties last. A run killed at any moment leaves
+    complete cases (``committed_cases``) and nothing that looks complete but is not; writing the case again repairs
+    it."""
+    partial = join(output_folder, PARTIAL)
+    maybe_mkdir_p(partial)
+    data_tmp, props_tmp = join(partial, case + data_ending), join(partial, case + '.pkl')
+    for f in (data_tmp, props_tmp):
+        if isfile(f):
+            os.remove(f)
+    write_data(data_tmp)
+    write_pickle(properties, props_tmp)
+    os.replace(data_tmp, join(output_folder, case + data_ending))
+    os.replace(props_tmp, join(output_folder, case + '.pkl'))  # last: marks the case as complete
 
 
 def hidden_label_cases(preprocessed_dataset_folder: str, fold) -> List[str]:

@@ -68,6 +68,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.batch_size_unlabeled = None  # None: the planned batch size
         self.save_every = 1  # a semi epoch costs more than a stock one: never lose more than one
         self.dataloader_unlabeled = None
+        self.num_unlabeled_processes = 0  # augmentation workers of the unlabeled loader
         self.num_unlabeled_cases = 0
         self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
@@ -137,20 +138,16 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     def get_dataloaders(self):
         # the unlabeled loader's workers come out of the same nnUNet_n_proc_DA budget as the labeled ones
         budget = get_allowed_n_proc_DA()
-        n_unlabeled = budget // 2
-        with temporary_env(nnUNet_n_proc_DA=budget - n_unlabeled):  # nnU-Net reads it when it starts them
+        self.num_unlabeled_processes = budget // 2
+        with temporary_env(nnUNet_n_proc_DA=budget - self.num_unlabeled_processes):  # read when nnU-Net starts them
             dataloader_train, dataloader_val = super().get_dataloaders()
-        self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(self.num_unlabeled_processes)
         return dataloader_train, dataloader_val
 
     def get_unlabeled_dataloader(self, num_processes: int):
         """The augmenter of unlabeled batches: nnU-Net's patch sampling and training transforms on images only."""
         cases = self.find_unlabeled_cases(num_processes)
-        initial_patch_size, transforms = self.unlabeled_transforms()
-        loader = UnlabeledDataLoader(UnlabeledImages(cases), self.batch_size_unlabeled or self.batch_size,
-                                     initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
-                                     transforms=transforms)
-        return self.start_augmenter(loader, num_processes)
+        return self.unlabeled_augmenter(UnlabeledDataLoader, UnlabeledImages(cases), num_processes)
 
     def find_unlabeled_cases(self, num_processes: int) -> Dict[str, str]:
         """Every unlabeled case of this fold (key -> file path without ending, see data/unlabeled.py), logged."""
@@ -164,8 +161,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                f'worker(s) for them')
         return cases
 
-    def unlabeled_transforms(self):
-        """(the initial patch size, nnU-Net's training transforms) for unlabeled batches, exactly as for labeled."""
+    def unlabeled_augmenter(self, loader_class, data, num_processes: int, **loader_kwargs):
+        """``loader_class`` (nnUNetDataLoader or a subclass) on ``data`` at the unlabeled batch size, with nnU-Net's
+        training transforms exactly as for labeled batches, run in ``num_processes`` background workers (in this
+        process when 0) as nnU-Net runs its own."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_training_transforms(
@@ -174,10 +173,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels,
             regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
             ignore_label=self.label_manager.ignore_label)
-        return initial_patch_size, transforms
-
-    def start_augmenter(self, loader, num_processes: int):
-        """Run ``loader`` in ``num_processes`` background workers (in this process when 0), as nnU-Net does."""
+        loader = loader_class(data, self.batch_size_unlabeled or self.batch_size, initial_patch_size,
+                              self.configuration_manager.patch_size, self.label_manager, transforms=transforms,
+                              **loader_kwargs)
         if num_processes == 0:
             augmenter = SingleThreadedAugmenter(loader, None)
         else:
@@ -186,6 +184,11 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                                      wait_time=0.002)
         next(augmenter)
         return augmenter
+
+    def stop_unlabeled_loader(self):
+        """End the unlabeled augmenter's background workers, if any."""
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
 
     def on_train_start(self):
         super().on_train_start()
@@ -218,8 +221,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
-            self.dataloader_unlabeled._finish()
+        self.stop_unlabeled_loader()
 
     # ------------------------------------------------------------------ training
     def _optimizers(self) -> List[torch.optim.Optimizer]:

@@ -26,14 +26,12 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isdir
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_semi.data import pseudo_labels
-from nnunet_semi.data.pseudo_labels import PseudoLabeledCases, write_pseudo_labels
+from nnunet_semi.data.pseudo_labels import PseudoLabeledCases, PseudoLabeledDataLoader, write_pseudo_labels
 from nnunet_semi.losses.local_contrastive import local_contrastive_loss
 from nnunet_semi.networks.parts import output_of
 from nnunet_semi.networks.projection import ProjectionHead
@@ -88,7 +86,6 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.round = 0  # 0: warm-up
         self.pseudo_target = None  # the pseudo-labels of the current unlabeled batch
         self.unlabeled_cases = {}
-        self.num_unlabeled_processes = 0  # augmentation workers of each round's unlabeled loader
         self.pseudo_label_folder = pseudo_labels.run_folder(  # this run's rounds (data/pseudo_labels.py)
             self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,
             self.__class__.__name__, self.plans_manager.plans_name, fold)
@@ -127,7 +124,6 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
     # ------------------------------------------------------------------ stages
     def get_unlabeled_dataloader(self, num_processes: int):
         self.unlabeled_cases = self.find_unlabeled_cases(num_processes)
-        self.num_unlabeled_processes = num_processes
         return None  # each round starts a loader over its own pseudo-labels
 
     def on_semi_train_start(self, resumed: bool):
@@ -173,14 +169,11 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.set_deep_supervision_enabled(self.enable_deep_supervision)
         self.print_to_log_file(f'Round {r}: {written} pseudo-labels written in {time() - start:.1f} s')
 
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
-            self.dataloader_unlabeled._finish()
-        initial_patch_size, transforms = self.unlabeled_transforms()
-        loader = nnUNetDataLoader(cases, self.batch_size_unlabeled or self.batch_size, initial_patch_size,
-                                  self.configuration_manager.patch_size, lm, self.oversample_foreground_percent,
-                                  probabilistic_oversampling=self.probabilistic_oversampling, transforms=transforms)
-        loader.has_ignore = False  # pseudo-labels have no ignore label: patches follow their foreground or are random
-        self.dataloader_unlabeled = self.start_augmenter(loader, self.num_unlabeled_processes)
+        self.stop_unlabeled_loader()
+        self.dataloader_unlabeled = self.unlabeled_augmenter(
+            PseudoLabeledDataLoader, cases, self.num_unlabeled_processes,
+            oversample_foreground_percent=self.oversample_foreground_percent,
+            probabilistic_oversampling=self.probabilistic_oversampling)
         self.round = r
 
     @torch.no_grad()
