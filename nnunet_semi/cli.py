@@ -5,6 +5,7 @@
     nnunet_semi small-plans    write nnUNetSmallPlans (fewer features, batch 2) for CPU runs
     nnunet_semi export         write a trained model as a stock nnU-Net model folder (predicts without the plugin)
     nnunet_semi overhead       time, FLOPs and memory of each semi trainer relative to stock nnUNetTrainer
+    nnunet_semi curves         validation pseudo Dice per epoch of several trainings: one plot and a table
 """
 import argparse
 import os
@@ -41,6 +42,10 @@ def main(argv=None):
     overhead.add_arguments(sub.add_parser('overhead', help='time, FLOPs and memory of semi trainers relative to stock',
                                           description=overhead.__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter))
+    from nnunet_semi import curves
+    curves.add_arguments(sub.add_parser('curves', help='validation pseudo Dice per epoch of several trainings',
+                                        description=curves.__doc__,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == 'ext-path':
         print(ext_path())
@@ -56,6 +61,8 @@ def main(argv=None):
         print(f'Predict without nnunet_semi: nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {args.o}')
     elif args.command == 'overhead':
         overhead.run(args)
+    elif args.command == 'curves':
+        curves.run(args)
 
 
 if __name__ == '__main__':

@@ -29,7 +29,8 @@ from nnunet_semi.planners import footprint
 
 STOCK = footprint.STOCK
 DEFAULT_TRAINERS = ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerCAML', 'nnUNetTrainerSSCL', 'nnUNetTrainerMASSL',
-                    'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast']
+                    'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast', 'nnUNetTrainerSiamesePretrain',
+                    'nnUNetTrainerSiameseFinetune']
 
 
 def _prepare_tiny(root: str) -> str:
@@ -135,12 +136,12 @@ def table(names, timing, footprints, device) -> str:
     for n in names:
         f = footprints[n]
         t_ratio = statistics.median(timing[n][0]) / base_c
-        flop_ratio = f.flops / stock.flops
         wait = timing[n][2]
-        lines.append(f'| {n} | {t_ratio:.2f} | {statistics.median(timing[n][1]) / base_l:.2f} | {flop_ratio:.2f} | '
-                     f'{t_ratio / flop_ratio:.2f} | {f.memory_bytes / stock.memory_bytes:.2f} | '
-                     f'{f.activation_bytes / stock.activation_bytes:.2f} | '
-                     f'{"n/a" if wait is None else f"{100 * wait:.2f} %"} |')
+        measured = ['n/a'] * 4 if f is None else [  # a proxy task's batches are not segmentation batches
+            f'{f.flops / stock.flops:.2f}', f'{t_ratio / (f.flops / stock.flops):.2f}',
+            f'{f.memory_bytes / stock.memory_bytes:.2f}', f'{f.activation_bytes / stock.activation_bytes:.2f}']
+        lines.append(f'| {n} | {t_ratio:.2f} | {statistics.median(timing[n][1]) / base_l:.2f} | '
+                     f'{" | ".join(measured)} | {"n/a" if wait is None else f"{100 * wait:.2f} %"} |')
     lines.append('')
     for n in names:  # work done once per epoch or round, beyond the steps (PLContrast's pseudo-labels)
         if timing[n][3] > 5 * base_l:
@@ -180,10 +181,13 @@ def run(args):
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
     plans, dataset_json = load_json(join(folder, args.p + '.json')), load_json(join(folder, 'dataset.json'))
     print('FLOPs and memory: one step of each trainer, measured on its own', flush=True)
-    footprints = {n: footprint.measure(n, plans, args.c, dataset_json, device) for n in names}
+    footprints = {n: footprint.measure(n, plans, args.c, dataset_json, device)
+                  if getattr(recursive_find_trainer_class_by_name(n), 'segmentation_batches', True) else None
+                  for n in names}
     configuration = plans['configurations'][args.c]
     cores = '' if device.type == 'cuda' else f' ({os.cpu_count()} cores)'
     header = (f'Dataset {dataset}, {args.c}, plans {args.p} (patch {configuration["patch_size"]}, batch '

@@ -48,20 +48,28 @@ class UnlabeledDataLoader(nnUNetDataLoader):
                          oversample_foreground_percent=0.0, transforms=transforms)
         self.has_ignore = False  # random placement, never the label-derived class locations
 
+    def place_patch(self, key: str, shape) -> list:
+        """The lower corner of the (initial) patch in a volume of ``shape``: uniformly at random, as nnU-Net places
+        patches without forced foreground."""
+        return self.get_bbox(shape, False, None)[0]
+
+    def augmented_patch(self, image, bbox_lbs) -> torch.Tensor:
+        """The patch at ``bbox_lbs`` (padded with 0 where it leaves the volume), through the transforms."""
+        bbox = [[lb, lb + size] for lb, size in zip(bbox_lbs, self.patch_size)]
+        patch = torch.from_numpy(crop_and_pad_nd(image, bbox, 0)).float()
+        if self.patch_size_was_2d:
+            patch = patch[:, 0]
+        if self.transforms is not None:
+            # nnU-Net's transforms expect a segmentation; an all-background one carries no label
+            empty = torch.zeros((1, *patch.shape[1:]), dtype=torch.int16)
+            patch = self.transforms(image=patch, segmentation=empty)['image']
+        return patch
+
     def generate_train_batch(self):
         keys = self.get_indices()
         images = []
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for key in keys:
                 image = self._data.load_image(key)
-                bbox_lbs, bbox_ubs = self.get_bbox(image.shape[1:], False, None)
-                bbox = [[lb, ub] for lb, ub in zip(bbox_lbs, bbox_ubs)]
-                patch = torch.from_numpy(crop_and_pad_nd(image, bbox, 0)).float()
-                if self.patch_size_was_2d:
-                    patch = patch[:, 0]
-                if self.transforms is not None:
-                    # nnU-Net's transforms expect a segmentation; an all-background one carries no label
-                    empty = torch.zeros((1, *patch.shape[1:]), dtype=torch.int16)
-                    patch = self.transforms(image=patch, segmentation=empty)['image']
-                images.append(patch)
+                images.append(self.augmented_patch(image, self.place_patch(key, image.shape[1:])))
         return {'data': torch.stack(images), 'keys': keys}

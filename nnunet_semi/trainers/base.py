@@ -9,8 +9,9 @@ A method subclasses it and writes only its own parts:
 - optionally ``train_iteration`` for a method that takes several optimisation steps per iteration (each through
   ``optimization_step``), ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
   ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), extra
-  optimizers through ``register_optimizer``, and ``next_unlabeled()`` for unlabeled batches that carry more than
-  images (pseudo-labels).
+  optimizers through ``register_optimizer``, ``next_unlabeled()`` for unlabeled batches that carry more than
+  images (pseudo-labels), and ``self.metrics`` for values that are not losses (an accuracy), logged like the terms.
+  A method that needs no unlabeled loader sets ``uses_unlabeled_data = False``.
 
 The base does the rest once: a second loader of unlabeled batches, moving both batches to the device, autocast on
 CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer that received
@@ -30,6 +31,7 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -57,6 +59,8 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 class nnUNetTrainerSemi(nnUNetTrainer):
     single_gpu = False  # True: the method refuses multi-GPU (DDP) training with a clear error
+    uses_unlabeled_data = True  # False: no unlabeled loader (unlabeled batches are None)
+    segmentation_batches = True  # False: training batches are not nnU-Net's (a proxy task): no footprint to measure
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -74,6 +78,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
         self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
         self.labeled_keys = []  # case identifiers of the current labeled batch
+        self.metrics: Dict[str, torch.Tensor] = {}  # values compute_losses reports besides its losses (no gradient)
+        self._initial_weights = None  # the network's first weights after initialize()
         self.logger.local_logger = SemiLocalLogger.take_over(self.logger.local_logger)
 
     # ------------------------------------------------------------------ what a method provides
@@ -131,11 +137,19 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         if self.single_gpu and self.is_ddp:
             raise RuntimeError(f'{self.__class__.__name__} trains on one GPU; multi-GPU (DDP) training is not '
                                f'supported. Train without -num_gpus.')
+        # a copy of the first weights, to tell at the start of training whether -pretrained_weights replaced them
+        self._initial_weights = next(unwrap(self.network).parameters()).detach().clone()
         self.build_semi_modules()
         for module in self.semi_modules().values():
             module.to(self.device)
 
+    def started_from_pretrained_weights(self) -> bool:
+        """Whether nnU-Net's -pretrained_weights replaced the network's weights after initialize()."""
+        return not torch.equal(self._initial_weights, next(unwrap(self.network).parameters()).detach())
+
     def get_dataloaders(self):
+        if not self.uses_unlabeled_data:
+            return super().get_dataloaders()
         # the unlabeled loader's workers come out of the same nnUNet_n_proc_DA budget as the labeled ones
         budget = get_allowed_n_proc_DA()
         self.num_unlabeled_processes = budget // 2
@@ -161,21 +175,33 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                f'worker(s) for them')
         return cases
 
-    def unlabeled_augmenter(self, loader_class, data, num_processes: int, **loader_kwargs):
+    def unlabeled_augmenter(self, loader_class, data, num_processes: int, patch_size=None, augment: bool = True,
+                            mirror: bool = True, **loader_kwargs):
         """``loader_class`` (nnUNetDataLoader or a subclass) on ``data`` at the unlabeled batch size, with nnU-Net's
         training transforms exactly as for labeled batches, run in ``num_processes`` background workers (in this
-        process when 0) as nnU-Net runs its own."""
+        process when 0) as nnU-Net runs its own. ``patch_size``: another patch than the planned one (the
+        augmentation's larger initial patch follows it as nnU-Net computes it); ``mirror=False``: the transforms
+        without mirroring; ``augment=False``: no transforms at all (validation batches)."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        transforms = self.get_training_transforms(
-            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
-            foreground_labels=self.label_manager.foreground_labels,
-            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
-            ignore_label=self.label_manager.ignore_label)
-        loader = loader_class(data, self.batch_size_unlabeled or self.batch_size, initial_patch_size,
-                              self.configuration_manager.patch_size, self.label_manager, transforms=transforms,
-                              **loader_kwargs)
+        if patch_size is None:
+            patch_size = self.configuration_manager.patch_size
+        else:
+            initial_patch_size = list(get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25)))
+            if dummy_2d:
+                initial_patch_size[0] = patch_size[0]
+        transforms = None
+        if augment:
+            transforms = self.get_training_transforms(
+                patch_size, rotation, None, mirror_axes if mirror else None, dummy_2d,
+                use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+                foreground_labels=self.label_manager.foreground_labels,
+                regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+                ignore_label=self.label_manager.ignore_label)
+        else:
+            initial_patch_size = patch_size
+        loader = loader_class(data, self.batch_size_unlabeled or self.batch_size, initial_patch_size, patch_size,
+                              self.label_manager, transforms=transforms, **loader_kwargs)
         if num_processes == 0:
             augmenter = SingleThreadedAugmenter(loader, None)
         else:
@@ -201,6 +227,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         planners/footprint.py) and warn in the log when it exceeds ``available_bytes``. Returns the estimate."""
         from nnunet_semi.planners.footprint import estimate_training_memory
         from nnunet_semi.planners.semi_planner import default_plans_name
+        if not self.segmentation_batches:
+            return 0.0
         try:
             need = estimate_training_memory(self)
         except torch.cuda.OutOfMemoryError:
@@ -253,19 +281,21 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             target = [t.to(self.device, non_blocking=True) for t in target]
         else:
             target = target.to(self.device, non_blocking=True)
-        unlabeled = self.next_unlabeled()
+        unlabeled = self.next_unlabeled() if self.uses_unlabeled_data else None
         self.labeled_keys = list(batch['keys'])  # the labeled batch's case identifiers, for methods that need them
 
         terms = self.train_iteration(data, target, unlabeled)
         self.after_optimizer_step()
         self.iteration += 1
 
-        values = torch.stack([torch.as_tensor(loss, device=self.device).detach().float()
-                              for _, loss in terms.values()]).cpu().numpy()  # one sync
-        out = {'loss': sum(weight * value for (weight, _), value in zip(terms.values(), values))}
+        values = torch.stack([torch.as_tensor(v, device=self.device).detach().float() for v in
+                              [loss for _, loss in terms.values()] + list(self.metrics.values())]).cpu().numpy()
+        out = {'loss': sum(weight * value for (weight, _), value in zip(terms.values(), values))}  # one sync above
         for (name, (weight, _)), value in zip(terms.items(), values):
             out['term_' + name] = value
             out['weight_' + name] = float(weight)
+        for name, value in zip(self.metrics, values[len(terms):]):
+            out['metric_' + name] = value
         return out
 
     def next_unlabeled(self) -> torch.Tensor:
@@ -317,6 +347,11 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.print_to_log_file('loss terms: ' + ', '.join(
             f'{name} {np.mean(outputs["term_" + name]):.4f} (weight {np.mean(outputs["weight_" + name]):.4g})'
             for name in names))
+        metrics = {k[len('metric_'):]: np.mean(v) for k, v in outputs.items() if k.startswith('metric_')}
+        for name, value in metrics.items():
+            self.logger.local_logger.log_metric(name, value, self.current_epoch)
+        if metrics:
+            self.print_to_log_file('training metrics: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
 
     # ------------------------------------------------------------------ checkpoints
     def _semi_checkpoint(self) -> dict:

@@ -103,8 +103,6 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.register_optimizer('projection_head', torch.optim.SGD(
             self.projection_head.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
             nesterov=True), self.initial_lr)
-        # a copy of the first weights, to tell at the start whether -pretrained_weights replaced them
-        self._initial_weights = next(unwrap(self.network).parameters()).detach().clone()
 
     def semi_modules(self):
         return {'projection_head': self.projection_head}
@@ -128,7 +126,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
 
     def on_semi_train_start(self, resumed: bool):
         if not resumed:
-            pretrained = not torch.equal(self._initial_weights, next(unwrap(self.network).parameters()).detach())
+            pretrained = self.started_from_pretrained_weights()
             fraction = self.pretrained_warmup_fraction if pretrained else self.warmup_fraction
             self.warmup_epochs = warmup_length(self.num_epochs, fraction)
             if isdir(self.pseudo_label_folder):  # a fresh run: pseudo-labels of an earlier run are not ours

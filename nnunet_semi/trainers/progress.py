@@ -1,5 +1,6 @@
 """nnU-Net's local logger with the loss terms of a semi-supervised method: one value per epoch each, and a fourth
-panel in progress.png that draws every term (solid, left axis) and its weight (dashed, right axis)."""
+panel in progress.png that draws every term (solid, left axis) and its weight (dashed, right axis). Metrics that are
+not losses (an accuracy in [0, 1]) are drawn dash-dotted beside the pseudo Dice of the first panel."""
 import math
 
 import matplotlib
@@ -13,24 +14,36 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
 TERM_PREFIX = 'term_'
 WEIGHT_PREFIX = 'weight_'
+METRIC_PREFIX = 'metric_'
 
 
 class SemiLocalLogger(LocalLogger):
+    dice_label = 'pseudo dice'  # what nnU-Net's mean_fg_dice holds (a pretraining logs its proxy accuracy there)
+
     @classmethod
     def take_over(cls, old: LocalLogger) -> 'SemiLocalLogger':
         new = cls(old.verbose)
         new.my_fantastic_logging = old.my_fantastic_logging
         return new
 
+    def _log_new(self, key: str, value: float, epoch: int):
+        if key not in self.my_fantastic_logging:
+            # a curve first seen now (e.g. after resuming with a newer version): earlier epochs are unknown
+            self.my_fantastic_logging[key] = [math.nan] * epoch
+        self.log(key, float(value), epoch)
+
     def log_term(self, name: str, value: float, weight: float, epoch: int):
-        for key, v in ((TERM_PREFIX + name, value), (WEIGHT_PREFIX + name, weight)):
-            if key not in self.my_fantastic_logging:
-                # a term first seen now (e.g. after resuming with a newer version): earlier epochs are unknown
-                self.my_fantastic_logging[key] = [math.nan] * epoch
-            self.log(key, float(v), epoch)
+        self._log_new(TERM_PREFIX + name, value, epoch)
+        self._log_new(WEIGHT_PREFIX + name, weight, epoch)
+
+    def log_metric(self, name: str, value: float, epoch: int):
+        self._log_new(METRIC_PREFIX + name, value, epoch)
+
+    def _names(self, prefix: str):
+        return [k[len(prefix):] for k in self.my_fantastic_logging if k.startswith(prefix)]
 
     def term_names(self):
-        return [k[len(TERM_PREFIX):] for k in self.my_fantastic_logging if k.startswith(TERM_PREFIX)]
+        return self._names(TERM_PREFIX)
 
     def plot_progress_png(self, output_folder):
         log = self.my_fantastic_logging
@@ -43,9 +56,12 @@ class SemiLocalLogger(LocalLogger):
         ax.plot(x, log['train_losses'][:epoch + 1], color='b', label='loss_tr (weighted sum)', linewidth=4)
         ax.plot(x, log['val_losses'][:epoch + 1], color='r', label='loss_val', linewidth=4)
         ax2 = ax.twinx()
-        ax2.plot(x, log['mean_fg_dice'][:epoch + 1], color='g', ls='dotted', label='pseudo dice', linewidth=3)
-        ax2.plot(x, log['ema_fg_dice'][:epoch + 1], color='g', label='pseudo dice (mov. avg.)', linewidth=4)
-        ax.set_xlabel('epoch'); ax.set_ylabel('loss'); ax2.set_ylabel('pseudo dice')
+        ax2.plot(x, log['mean_fg_dice'][:epoch + 1], color='g', ls='dotted', label=self.dice_label, linewidth=3)
+        ax2.plot(x, log['ema_fg_dice'][:epoch + 1], color='g', label=f'{self.dice_label} (mov. avg.)', linewidth=4)
+        for name, color in zip(self._names(METRIC_PREFIX), ('m', 'c', 'y', 'k')):
+            ax2.plot(x, log[METRIC_PREFIX + name][:epoch + 1], color=color, ls='-.', label=f'{name} (training)',
+                     linewidth=3)
+        ax.set_xlabel('epoch'); ax.set_ylabel('loss'); ax2.set_ylabel(self.dice_label)
         ax.legend(loc=(0, 1)); ax2.legend(loc=(0.2, 1))
 
         ax = axes[1]
@@ -64,8 +80,8 @@ class SemiLocalLogger(LocalLogger):
             c = colors[i % len(colors)]
             ax.plot(x, log[TERM_PREFIX + name][:epoch + 1], color=c, label=name, linewidth=4)
             ax2.plot(x, log[WEIGHT_PREFIX + name][:epoch + 1], color=c, ls='--', label=f'weight {name}', linewidth=3)
-        ax.set_yscale('log', nonpositive='mask')
-        ax.set_xlabel('epoch'); ax.set_ylabel('loss term (unweighted, log scale)'); ax2.set_ylabel('weight')
+        ax.set_yscale('symlog', linthresh=1e-2)  # Dice terms are negative
+        ax.set_xlabel('epoch'); ax.set_ylabel('loss term (unweighted, symmetric log scale)'); ax2.set_ylabel('weight')
         ax.legend(loc=(0, 1)); ax2.legend(loc=(0.4, 1))
 
         plt.tight_layout()
