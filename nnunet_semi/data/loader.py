@@ -1,12 +1,13 @@
 """The unlabeled loader: nnU-Net's patch sampling and augmentation, images only.
 
-A batch is ``{'data': float tensor (B, C, *patch_size), 'keys': [...]}``. The loader opens image files only: the
+A batch is ``{'data': float tensor (B, C, *patch_size), 'keys': [...]}``, plus ``'target'`` (B,) when a subclass's
+placement gives each patch a label (data/proxy.py). The loader opens image files only: the
 segmentation and the properties file (whose class locations come from the labels) are never read, so cases with
 hidden labels stay unlabeled. Patches are placed uniformly at random (no foreground oversampling: there is no
 foreground to oversample).
 """
 import os
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import blosc2
 import numpy as np
@@ -48,10 +49,11 @@ class UnlabeledDataLoader(nnUNetDataLoader):
                          oversample_foreground_percent=0.0, transforms=transforms)
         self.has_ignore = False  # random placement, never the label-derived class locations
 
-    def place_patch(self, key: str, shape) -> list:
-        """The lower corner of the (initial) patch in a volume of ``shape``: uniformly at random, as nnU-Net places
+    def place_patch(self, key: str, shape) -> Tuple[list, Optional[int]]:
+        """The lower corner of the (initial) patch in a volume of ``shape``, and the patch's label for a loader whose
+        placement defines one (data/proxy.py: the region), else None. Here uniformly at random, as nnU-Net places
         patches without forced foreground."""
-        return self.get_bbox(shape, False, None)[0]
+        return self.get_bbox(shape, False, None)[0], None
 
     def augmented_patch(self, image, bbox_lbs) -> torch.Tensor:
         """The patch at ``bbox_lbs`` (padded with 0 where it leaves the volume), through the transforms."""
@@ -67,9 +69,14 @@ class UnlabeledDataLoader(nnUNetDataLoader):
 
     def generate_train_batch(self):
         keys = self.get_indices()
-        images = []
+        images, labels = [], []
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for key in keys:
                 image = self._data.load_image(key)
-                images.append(self.augmented_patch(image, self.place_patch(key, image.shape[1:])))
-        return {'data': torch.stack(images), 'keys': keys}
+                lbs, label = self.place_patch(key, image.shape[1:])
+                images.append(self.augmented_patch(image, lbs))
+                labels.append(label)
+        batch = {'data': torch.stack(images), 'keys': keys}
+        if labels[0] is not None:
+            batch['target'] = torch.tensor(labels, dtype=torch.long)
+        return batch

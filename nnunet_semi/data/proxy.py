@@ -26,8 +26,6 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 
@@ -68,21 +66,19 @@ class ProxyCases(UnlabeledImages):
 class RegionSplit:
     """Which axes split a case into regions, and which half of each is region bit 1 (see the module doc).
 
-    ``axis``: the axis of the preprocessed volume for ``halves`` (default: the last). ``axes`` for ``octants``."""
+    ``axis``: the axis of the preprocessed volume for ``halves`` (default: the last)."""
 
-    def __init__(self, mode: str, cases: ProxyCases, transpose_forward: Sequence[int], axis: Optional[int] = None,
-                 axes: Sequence[int] = (0, 1, 2)):
+    def __init__(self, mode: str, cases: ProxyCases, transpose_forward: Sequence[int], axis: Optional[int] = None):
         if mode not in MODES:
             raise ValueError(f'unknown proxy region mode {mode!r}; choose one of {MODES}')
         self.mode, self.cases, self.transpose_forward = mode, cases, transpose_forward
         self.axis = 2 if axis is None else axis
-        self.axes = tuple(axes)
         self._splits: Dict[str, Split] = {}
         self.without_orientation: List[str] = []
 
     @property
     def num_regions(self) -> int:
-        return 2 ** len(self.axes) if self.mode == OCTANTS else 2
+        return 8 if self.mode == OCTANTS else 2
 
     def __call__(self, key: str) -> Split:
         if key not in self._splits:
@@ -91,7 +87,7 @@ class RegionSplit:
 
     def _split(self, key: str) -> Split:
         if self.mode == OCTANTS:
-            return [(a, True) for a in self.axes]
+            return [(a, True) for a in range(3)]
         if self.mode == LEFT_RIGHT:
             found = left_right_axis(self.cases.orientation(key), self.transpose_forward)
             if found is not None:
@@ -148,9 +144,9 @@ class RegionPatchLoader(UnlabeledDataLoader):
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager, transforms=transforms)
         self.split = split
 
-    def place_in_region(self, key: str, shape) -> Tuple[list, int]:
+    def place_patch(self, key: str, shape) -> Tuple[list, int]:
         """The patch's lower corner (volume axes) and its region."""
-        lbs = self.place_patch(key, shape)
+        lbs, _ = super().place_patch(key, shape)
         region = 0
         for bit, (axis, upper_is_one) in enumerate(self.split(key)):
             if shape[axis] < 2:  # a 2d image has one slice: its octants are quadrants
@@ -160,14 +156,3 @@ class RegionPatchLoader(UnlabeledDataLoader):
                                       upper=bool(one) == upper_is_one)
             region += one << bit
         return lbs, region
-
-    def generate_train_batch(self):
-        keys = self.get_indices()
-        images, regions = [], []
-        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
-            for key in keys:
-                image = self._data.load_image(key)
-                lbs, region = self.place_in_region(key, image.shape[1:])
-                images.append(self.augmented_patch(image, lbs))
-                regions.append(region)
-        return {'data': torch.stack(images), 'target': torch.tensor(regions, dtype=torch.long), 'keys': keys}

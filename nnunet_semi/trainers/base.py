@@ -308,6 +308,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         alternation) overrides this and calls ``optimization_step`` once per step."""
         return self.optimization_step(lambda: self.compute_losses(data, target, unlabeled), self._optimizers())
 
+    def autocast(self):
+        """Mixed precision on CUDA, as nnU-Net trains; nothing on other devices."""
+        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
     def optimization_step(self, compute: Callable[[], LossTerms],
                           optimizers: List[torch.optim.Optimizer]) -> LossTerms:
         """Zero the gradients of ``optimizers``, run ``compute`` (the forward pass and loss terms, under autocast on
@@ -315,7 +319,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         nnU-Net's grad scaler on CUDA). Returns the terms."""
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.autocast():
             terms = compute()
             total = sum(weight * loss for weight, loss in terms.values())
         scaler = self.grad_scaler

@@ -29,13 +29,11 @@ import copy
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
-from torch import autocast
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_semi.data.proxy import LEFT_RIGHT, OCTANTS, ProxyCases, RegionPatchLoader, RegionSplit, proxy_patch_size
 from nnunet_semi.data.unlabeled import UnlabeledDataError, collect_unlabeled_cases
@@ -126,7 +124,7 @@ class nnUNetTrainerSiamesePretrain(nnUNetTrainerSemi):
 
     def validation_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.autocast():
             loss, accuracy = self.proxy_loss(data, batch['target'].to(self.device))
         return {'loss': loss.item(), 'accuracy': accuracy.item()}
 
@@ -186,8 +184,7 @@ class nnUNetTrainerSiameseFinetune(nnUNetTrainerSemi):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         w = self.ce_weight(self.current_epoch)
-        inner = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
-        inner.weight_ce, inner.weight_dice = w, 1 - w  # nnU-Net's validation loss follows the schedule too
+        self.loss = with_weights(self.loss, w, 1 - w)  # nnU-Net's validation loss follows the schedule too
         self.print_to_log_file(f'loss weights: CE {w:.3f}, Dice {1 - w:.3f}')
 
     def compute_losses(self, data, target, unlabeled):
