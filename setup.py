@@ -70,5 +70,6 @@ setup(
         'nnUNetv2_semi_split=nnunet_semi.data.split:main',
         'nnUNetv2_semi_plan_and_preprocess=nnunet_semi.planners.semi_planner:main',
         'nnUNetv2_semi_demo=nnunet_semi.demo:main',
+        'nnUNetv2_semi_benchmark=nnunet_semi.benchmark:main',
     ]},
 )

@@ -17,7 +17,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnunet_semi.planners.small_plans import SMALL_PLANS
 
 
-def _executable(name: str) -> str:
+def executable(name: str) -> str:
     """A console script of this environment, also when its bin folder is not on PATH."""
     here = join(os.path.dirname(sys.executable), name)
     return here if isfile(here) else (shutil.which(name) or name)
@@ -27,7 +27,7 @@ def _run(cmd, env, quiet: bool = False):
     """Run one step, printed as the command it is. quiet: keep its output, and show it only if it fails."""
     print(f'\n$ {" ".join(shlex.quote(str(c)) for c in cmd)}', flush=True)
     start = time.time()
-    full = [_executable(cmd[0])] + [str(c) for c in cmd[1:]]
+    full = [executable(cmd[0])] + [str(c) for c in cmd[1:]]
     if quiet:
         p = subprocess.run(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if p.returncode != 0:

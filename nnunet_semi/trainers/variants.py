@@ -3,7 +3,7 @@
 and trying a set-up in a minute on a CPU."""
 import torch
 
-EPOCHS = (1, 5, 10, 20, 50, 100, 250)
+EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750)
 SMOKE = dict(num_epochs=3, num_iterations_per_epoch=8, num_val_iterations_per_epoch=4, save_every=1)
 
 
