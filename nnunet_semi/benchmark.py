@@ -19,7 +19,7 @@ validation is missing is validated (``--val``). After every run the report is re
                     labeled-only -> fully-supervised gap each method closes; the budget check (has labeled-only
                     plateaued? is fully supervised clearly better?); training time
     benchmark.png   Dice vs number of labeled cases, a line per method, labeled-only and fully supervised as references
-    curves.png      nnU-Net's validation pseudo Dice per epoch of every run
+    curves.png      nnU-Net's validation pseudo Dice per epoch of every run (not its moving average, which lags)
     results.json    the numbers behind them
 """
 import argparse
@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,10 +123,7 @@ class Benchmark:
             return
         if not os.path.isfile(splits_file) and os.path.isfile(os.path.join(self.source, 'splits_final.json')):
             # the dataset's own folds (hidden cases of an earlier semi split are given back by nnUNetv2_semi_split)
-            with open(os.path.join(self.source, 'splits_final.json')) as f:
-                folds = json.load(f)
-            with open(splits_file, 'w') as f:
-                json.dump(folds, f)
+            shutil.copyfile(os.path.join(self.source, 'splits_final.json'), splits_file)
         cmd = ['nnUNetv2_semi_split', '-d', self.dataset] + (['--restore'] if n is None else
                                                               ['-n', str(n), '--seed', str(seed)])
         subprocess.run([executable(cmd[0])] + cmd[1:], env=self.env(split), check=True, stdout=subprocess.DEVNULL)
@@ -210,7 +208,6 @@ class Benchmark:
         return {'dice': summary['foreground_mean']['Dice'],
                 'class_dice': {k: v['Dice'] for k, v in summary['mean'].items()},
                 'pseudo_dice': [float(x) for x in log['mean_fg_dice']],
-                'ema_pseudo_dice': [float(x) for x in log['ema_fg_dice']],
                 'training_seconds': seconds}
 
 
@@ -254,6 +251,7 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
     if full is not None:
         results['runs'].append({'method': STOCK, 'n': None, 'seed': None, **full})
     table = {}  # (method, n) -> list of results over seeds
+    baselines = {}  # (n, seed) -> labeled-only result
     for method in [STOCK] + methods:
         for n in ns:
             for seed in seeds:
@@ -261,6 +259,8 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
                 if r is not None:
                     results['runs'].append({'method': method, 'n': n, 'seed': seed, **r})
                     table.setdefault((method, n), []).append(r)
+                    if method == STOCK:
+                        baselines[(n, seed)] = r
     with open(os.path.join(bench.output, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
 
@@ -308,18 +308,14 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
               f'better (by more than {CLEAR_GAP}). The curves are in curves.png.', '',
               '| labeled-only run | final Dice | pseudo Dice: last fifth − fifth before | plateaued | '
               'fully supervised − labeled-only | clearly better |', '|---|---|---|---|---|---|']
-    for n in ns:
-        for seed in seeds:
-            r = bench.result(Run(STOCK, n, seed))
-            if r is None:
-                continue
-            rise = plateau_rise(r['pseudo_dice'])
-            lead = full_dice - r['dice'] if full else None
-            lines.append(f'| N={n}, seed {seed} | {r["dice"]:.3f} | ' +
-                         ('n/a (under 10 epochs)' if rise is None else f'{rise:+.3f}') + ' | ' +
-                         ('' if rise is None else ('yes' if rise < PLATEAU_RISE else '**no**')) + ' | ' +
-                         ('' if lead is None else f'{lead:+.3f}') + ' | ' +
-                         ('' if lead is None else ('yes' if lead > CLEAR_GAP else '**no**')) + ' |')
+    for (n, seed), r in sorted(baselines.items()):
+        rise = plateau_rise(r['pseudo_dice'])
+        lead = full_dice - r['dice'] if full else None
+        lines.append(f'| N={n}, seed {seed} | {r["dice"]:.3f} | ' +
+                     ('n/a (under 10 epochs)' if rise is None else f'{rise:+.3f}') + ' | ' +
+                     ('' if rise is None else ('yes' if rise < PLATEAU_RISE else '**no**')) + ' | ' +
+                     ('' if lead is None else f'{lead:+.3f}') + ' | ' +
+                     ('' if lead is None else ('yes' if lead > CLEAR_GAP else '**no**')) + ' |')
 
     lines += ['', '## Training time', '',
               'Seconds of training (nnU-Net\'s epoch timestamps, summed over the run\'s trainings; validation not '
@@ -415,15 +411,28 @@ def _plot_curves(bench, methods, ns, runs) -> None:
             if r['n'] is None or r['n'] == n:
                 c = 'gray' if r['n'] is None else color[r['method']]
                 label = 'fully supervised' if r['n'] is None else _method_label(r['method'])
-                ax.plot(range(1, len(r['ema_pseudo_dice']) + 1), r['ema_pseudo_dice'], color=c, lw=1.5,
+                ax.plot(range(1, len(r['pseudo_dice']) + 1), r['pseudo_dice'], color=c, lw=1.2, marker='.',
                         label=label if label not in ax.get_legend_handles_labels()[1] else None)
         ax.set_title(f'N={n} (a line per seed)', fontsize=10)
         ax.set_xlabel('epoch')
-        ax.set_ylabel("validation pseudo Dice, nnU-Net's moving average")
+        ax.set_ylabel("nnU-Net's validation pseudo Dice per epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(bench.output, 'curves.png'), dpi=100)
     plt.close(fig)
+
+
+def check_plans(preprocessed_folder: str, plans: str, configuration: str) -> None:
+    """The plans exist and hold the configuration (before hours of training start)."""
+    plans_file = os.path.join(preprocessed_folder, plans + '.json')
+    if not os.path.isfile(plans_file):
+        raise SystemExit(f'nnUNetv2_semi_benchmark: {plans_file} not found. Plan and preprocess the dataset first '
+                         f'(nnUNetv2_plan_and_preprocess -d ID -c CONFIG), or name existing plans with -p.')
+    with open(plans_file) as f:
+        configurations = json.load(f)['configurations']
+    if configuration not in configurations:
+        raise SystemExit(f'nnUNetv2_semi_benchmark: {plans_file} has no configuration {configuration} (it has '
+                         f'{", ".join(configurations)}).')
 
 
 def check_trainers(names: List[str]) -> None:
@@ -471,20 +480,22 @@ def main(argv=None):
     command = 'nnUNetv2_semi_benchmark ' + ' '.join(a for a in (argv if argv is not None else sys.argv[1:])
                                                     if a != '--report_only')
 
-    from nnunetv2.paths import nnUNet_results
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    epochs = args.epochs
+    if epochs != 'smoke' and not epochs.isdigit():
+        raise SystemExit(f'nnUNetv2_semi_benchmark: --epochs {epochs}: give a number of epochs or smoke')
+    dataset = maybe_convert_to_dataset_name(args.d)
+    check_plans(os.path.join(str(nnUNet_preprocessed), dataset), args.p, args.c)
     plans = args.p
     if args.small_plans:
         from nnunet_semi.planners.small_plans import write_small_plans
         base, cap, batch = args.small_plans
         plans = f'{args.p}_small{base}-{cap}b{batch}'
-        write_small_plans(args.d, args.p, plans, base, cap, batch)
-    epochs = args.epochs
-    if epochs != 'smoke' and not epochs.isdigit():
-        raise SystemExit(f'nnUNetv2_semi_benchmark: --epochs {epochs}: give a number of epochs or smoke')
-    output = args.o or os.path.join(str(nnUNet_results), maybe_convert_to_dataset_name(args.d),
+        write_small_plans(dataset, args.p, plans, base, cap, batch)
+    output = args.o or os.path.join(str(nnUNet_results), dataset,
                                     f'nnunet_semi_benchmark__{plans}__{args.c}__{epochs}epochs__fold{args.f}')
-    bench = Benchmark(args.d, args.c, plans, epochs, args.f, output, args.device)
+    bench = Benchmark(dataset, args.c, plans, epochs, args.f, output, args.device)
     runs = [Run(STOCK, None, None)] + [Run(m, n, s) for s in args.seeds for n in args.n for m in [STOCK] + args.tr]
     if not args.report_only:
         check_trainers(sorted({schedule_name(t, epochs) for m in [STOCK] + args.tr for t in m.split(':')}))

@@ -98,3 +98,17 @@ def test_a_failed_training_names_its_log(bench, monkeypatch):
     monkeypatch.setattr(benchmark.subprocess, 'run', lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(RuntimeError, match=r'exit code 1\); the end of .*logs/n1_seed0__TFine_20epochs\.log'):
         b.train(Run('TFine', 1, 0))
+
+
+def test_missing_plans_or_configuration_name_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / 'preprocessed' / 'Dataset777_Fake'
+    folder.mkdir(parents=True)
+    monkeypatch.setenv('nnUNet_preprocessed', str(tmp_path / 'preprocessed'))
+    monkeypatch.setenv('nnUNet_results', str(tmp_path / 'results'))
+    argv = ['-d', 'Dataset777_Fake', '-c', '3d_fullres', '-n', '1', '-tr', 'nnUNetTrainerMeanTeacher', '-p', 'P']
+    with pytest.raises(SystemExit, match=f'{folder / "P.json"} not found. Plan and preprocess'):
+        benchmark.main(argv)
+    (folder / 'P.json').write_text(json.dumps({'configurations': {'2d': {}}}))
+    with pytest.raises(SystemExit, match=r'P\.json has no configuration 3d_fullres \(it has 2d\)'):
+        benchmark.main(argv)
+    assert not (tmp_path / 'results').exists()  # nothing written before the checks
