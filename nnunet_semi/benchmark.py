@@ -34,10 +34,14 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import matplotlib
 import numpy as np
 
 from nnunet_semi.curves import read_curves
 from nnunet_semi.demo import executable
+
+matplotlib.use('agg')
+import matplotlib.pyplot as plt  # noqa: E402
 
 STOCK = 'nnUNetTrainer'
 FULL = 'full'
@@ -241,31 +245,30 @@ def class_names(dataset_json: dict) -> Dict[str, str]:
     return {str(v) if isinstance(v, int) else str(tuple(v)): name for name, v in dataset_json['labels'].items()}
 
 
-def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int], command: str) -> dict:
-    """Write benchmark.md, benchmark.png, curves.png and results.json from the runs finished so far."""
-    with open(os.path.join(bench.source, 'dataset.json')) as f:
-        names = class_names(json.load(f))
-    results = {'command': command, 'dataset': bench.dataset, 'configuration': bench.configuration,
-               'plans': bench.plans, 'epochs': bench.epochs, 'fold': bench.fold, 'runs': []}
+def collect(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]) -> dict:
+    """The finished runs: 'full' (the fully supervised result or None), 'runs' (each result with its method, n and
+    seed), 'table' ((method, n) -> results over the seeds)."""
     full = bench.result(Run(STOCK, None, None))
-    if full is not None:
-        results['runs'].append({'method': STOCK, 'n': None, 'seed': None, **full})
-    table = {}  # (method, n) -> list of results over seeds
-    baselines = {}  # (n, seed) -> labeled-only result
+    runs = [] if full is None else [{'method': STOCK, 'n': None, 'seed': None, **full}]
+    table = {}
     for method in [STOCK] + methods:
         for n in ns:
             for seed in seeds:
                 r = bench.result(Run(method, n, seed))
                 if r is not None:
-                    results['runs'].append({'method': method, 'n': n, 'seed': seed, **r})
+                    runs.append({'method': method, 'n': n, 'seed': seed, **r})
                     table.setdefault((method, n), []).append(r)
-                    if method == STOCK:
-                        baselines[(n, seed)] = r
+    return {'full': full, 'runs': runs, 'table': table}
+
+
+def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int], command: str) -> dict:
+    """Write benchmark.md, benchmark.png, curves.png and results.json from the runs finished so far."""
+    done = collect(bench, methods, ns, seeds)
+    results = {'command': command, 'dataset': bench.dataset, 'configuration': bench.configuration,
+               'plans': bench.plans, 'epochs': bench.epochs, 'fold': bench.fold, 'runs': done['runs']}
     with open(os.path.join(bench.output, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
-
     n_train = _n_training_cases(bench)
-    classes = sorted({k for r in results['runs'] for k in r['class_dice']}, key=str)
     lines = [f'# Low-label benchmark: {bench.dataset}, {bench.configuration}, {bench.plans}',
              '', f'    {command}', '',
              f'Fold {bench.fold}: validation Dice (nnU-Net\'s validation/summary.json, foreground mean) after '
@@ -273,25 +276,39 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
              f'nnUNetTrainer on the N labeled cases; fully supervised is nnUNetTrainer with all {n_train} training '
              f'cases labeled. "Gap closed" is (method − labeled-only) / (fully supervised − labeled-only), on the '
              f'means.', '']
+    lines += _dice_tables(bench, [STOCK] + methods, ns, done, n_train)
+    lines += _budget_check(done)
+    lines += _time_table([STOCK] + methods, ns, done)
+    lines += ['', '![Dice vs labeled cases](benchmark.png)', '', '![validation pseudo Dice per epoch](curves.png)', '']
+    with open(os.path.join(bench.output, 'benchmark.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    _plot(bench, methods, ns, done['table'], done['full'], n_train)
+    _plot_curves(os.path.join(bench.output, 'curves.png'), methods, ns, done['runs'])
+    return results
+
+
+def _dice_tables(bench: Benchmark, methods: List[str], ns: List[int], done: dict, n_train) -> List[str]:
+    table, full = done['table'], done['full']
     header = '| method | ' + ' | '.join(f'N={n}: Dice | N={n}: gap closed | N={n}: seeds' for n in ns) + ' |'
-    lines += [header, '|---' * (1 + 3 * len(ns)) + '|']
-    full_dice = full['dice'] if full else None
-    for method in [STOCK] + methods:
+    lines = [header, '|---' * (1 + 3 * len(ns)) + '|']
+    for method in methods:
         cells = []
         for n in ns:
-            rs = table.get((method, n), [])
-            base = table.get((STOCK, n), [])
+            rs, base = table.get((method, n), []), table.get((STOCK, n), [])
             gap = ''
-            if rs and base and full_dice is not None and method != STOCK:
-                gap = gap_closed(np.mean([r['dice'] for r in rs]), np.mean([r['dice'] for r in base]), full_dice)
+            if rs and base and full is not None and method != STOCK:
+                gap = gap_closed(np.mean([r['dice'] for r in rs]), np.mean([r['dice'] for r in base]), full['dice'])
             cells += [mean_std([r['dice'] for r in rs]), gap, str(len(rs))]
         lines.append(f'| {_method_label(method)} | ' + ' | '.join(cells) + ' |')
     lines.append(f'| fully supervised ({n_train} labeled) | ' +
-                 ' | '.join([f'{full_dice:.3f}' if full else '', '', '1' if full else '0'] * len(ns)) + ' |')
+                 ' | '.join([f'{full["dice"]:.3f}' if full else '', '', '1' if full else '0'] * len(ns)) + ' |')
 
+    with open(os.path.join(bench.source, 'dataset.json')) as f:
+        names = class_names(json.load(f))
+    classes = sorted({k for r in done['runs'] for k in r['class_dice']}, key=str)
     lines += ['', '## Dice per class', '',
               '| method | N | ' + ' | '.join(names.get(c, c) for c in classes) + ' |', '|---' * (2 + len(classes)) + '|']
-    for method in [STOCK] + methods:
+    for method in methods:
         for n in ns:
             rs = table.get((method, n), [])
             if rs:
@@ -301,31 +318,40 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
     if full:
         lines.append(f'| fully supervised | {n_train} | ' +
                      ' | '.join(f'{full["class_dice"][c]:.3f}' for c in classes) + ' |')
+    return lines
 
-    lines += ['', '## Budget check', '',
-              f'The budget is fair when labeled-only has plateaued (its validation pseudo Dice over the last fifth of '
-              f'the epochs rose by less than {PLATEAU_RISE} over the fifth before) and fully supervised is clearly '
-              f'better (by more than {CLEAR_GAP}). The curves are in curves.png.', '',
-              '| labeled-only run | final Dice | pseudo Dice: last fifth − fifth before | plateaued | '
-              'fully supervised − labeled-only | clearly better |', '|---|---|---|---|---|---|']
-    for (n, seed), r in sorted(baselines.items()):
+
+def _budget_check(done: dict) -> List[str]:
+    full = done['full']
+    lines = ['', '## Budget check', '',
+             f'The budget is fair when labeled-only has plateaued (its validation pseudo Dice over the last fifth of '
+             f'the epochs rose by less than {PLATEAU_RISE} over the fifth before) and fully supervised is clearly '
+             f'better (by more than {CLEAR_GAP}). The curves are in curves.png.', '',
+             '| labeled-only run | final Dice | pseudo Dice: last fifth − fifth before | plateaued | '
+             'fully supervised − labeled-only | clearly better |', '|---|---|---|---|---|---|']
+    for r in done['runs']:
+        if r['method'] != STOCK or r['n'] is None:
+            continue
         rise = plateau_rise(r['pseudo_dice'])
-        lead = full_dice - r['dice'] if full else None
-        lines.append(f'| N={n}, seed {seed} | {r["dice"]:.3f} | ' +
+        lead = full['dice'] - r['dice'] if full else None
+        lines.append(f'| N={r["n"]}, seed {r["seed"]} | {r["dice"]:.3f} | ' +
                      ('n/a (under 10 epochs)' if rise is None else f'{rise:+.3f}') + ' | ' +
                      ('' if rise is None else ('yes' if rise < PLATEAU_RISE else '**no**')) + ' | ' +
                      ('' if lead is None else f'{lead:+.3f}') + ' | ' +
                      ('' if lead is None else ('yes' if lead > CLEAR_GAP else '**no**')) + ' |')
+    return lines
 
-    lines += ['', '## Training time', '',
-              'Seconds of training (nnU-Net\'s epoch timestamps, summed over the run\'s trainings; validation not '
-              'included), mean over the seeds, and its ratio to labeled-only nnUNetTrainer at the same N. These are '
-              'wall-clock times under whatever else the machine ran; `nnunet_semi overhead` measures the cost of a '
-              'step alone.', '',
-              '| method | ' + ' | '.join(f'N={n}: s | N={n}: × labeled-only' for n in ns) + ' |',
-              '|---' * (1 + 2 * len(ns)) + '|']
-    total = sum(r['training_seconds'] for r in results['runs'])
-    for method in [STOCK] + methods:
+
+def _time_table(methods: List[str], ns: List[int], done: dict) -> List[str]:
+    table = done['table']
+    lines = ['', '## Training time', '',
+             'Seconds of training (nnU-Net\'s epoch timestamps, summed over the run\'s trainings; validation not '
+             'included), mean over the seeds, and its ratio to labeled-only nnUNetTrainer at the same N. These are '
+             'wall-clock times under whatever else the machine ran; `nnunet_semi overhead` measures the cost of a '
+             'step alone.', '',
+             '| method | ' + ' | '.join(f'N={n}: s | N={n}: × labeled-only' for n in ns) + ' |',
+             '|---' * (1 + 2 * len(ns)) + '|']
+    for method in methods:
         cells = []
         for n in ns:
             rs, base = table.get((method, n), []), table.get((STOCK, n), [])
@@ -333,13 +359,9 @@ def report(bench: Benchmark, methods: List[str], ns: List[int], seeds: List[int]
             tb = np.mean([r['training_seconds'] for r in base]) if base else None
             cells += ['' if t is None else f'{t:.0f}', '' if t is None or not tb else f'{t / tb:.2f}']
         lines.append(f'| {_method_label(method)} | ' + ' | '.join(cells) + ' |')
-    lines += ['', f'All {len(results["runs"])} finished runs together: {total / 3600:.2f} h of training.', '',
-              '![Dice vs labeled cases](benchmark.png)', '', '![validation pseudo Dice per epoch](curves.png)', '']
-    with open(os.path.join(bench.output, 'benchmark.md'), 'w') as f:
-        f.write('\n'.join(lines))
-    _plot(bench, methods, ns, table, full, n_train)
-    _plot_curves(bench, methods, ns, results['runs'])
-    return results
+    total = sum(r['training_seconds'] for r in done['runs'])
+    lines += ['', f'All {len(done["runs"])} finished runs together: {total / 3600:.2f} h of training.']
+    return lines
 
 
 def _method_label(method: str) -> str:
@@ -364,15 +386,11 @@ def _n_training_cases(bench: Benchmark) -> Optional[int]:
 
 
 def _colors(methods: List[str]) -> Dict[str, str]:
-    import matplotlib.pyplot as plt
     cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
     return {STOCK: 'black', **{m: cycle[i % len(cycle)] for i, m in enumerate(methods)}}
 
 
 def _plot(bench, methods, ns, table, full, n_train) -> None:
-    import matplotlib
-    matplotlib.use('agg')
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5.5))
     color = _colors(methods)
     for method in [STOCK] + methods:
@@ -400,10 +418,7 @@ def _plot(bench, methods, ns, table, full, n_train) -> None:
     plt.close(fig)
 
 
-def _plot_curves(bench, methods, ns, runs) -> None:
-    import matplotlib
-    matplotlib.use('agg')
-    import matplotlib.pyplot as plt
+def _plot_curves(output: str, methods, ns, runs) -> None:
     fig, axes = plt.subplots(1, len(ns), figsize=(6 * len(ns), 5), squeeze=False)
     color = _colors(methods)
     for ax, n in zip(axes[0], ns):
@@ -418,7 +433,7 @@ def _plot_curves(bench, methods, ns, runs) -> None:
         ax.set_ylabel("nnU-Net's validation pseudo Dice per epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(bench.output, 'curves.png'), dpi=100)
+    fig.savefig(output, dpi=100)
     plt.close(fig)
 
 
