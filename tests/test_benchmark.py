@@ -2,6 +2,7 @@
 and which nnUNetv2_train command each state of a run leads to (subprocess replaced by a recorder)."""
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def bench(tmp_path, monkeypatch):
     def fake_run(cmd, env=None, stdout=None, stderr=None, **kw):
         calls.append(cmd[1:])
         trainer = cmd[cmd.index('-tr') + 1].rsplit('_', 1)[0]
-        folder = tmp_path / b.fold_folder('n1_seed0', trainer)
+        folder = Path(b.fold_folder('n1_seed0', trainer))
         folder.mkdir(parents=True, exist_ok=True)
         assert env['nnUNet_preprocessed'] == str(tmp_path / 'out' / 'n1_seed0' / 'nnUNet_preprocessed')
         (folder / 'checkpoint_final.pth').write_bytes(b'')
@@ -77,9 +78,9 @@ def test_a_chain_trains_each_stage_from_the_one_before(bench):
     assert calls == []  # finished: nothing is redone
 
 
-def test_resume_continues_or_validates_what_is_left(bench, tmp_path):
+def test_resume_continues_or_validates_what_is_left(bench):
     b, calls = bench
-    pre, fine = (tmp_path / b.fold_folder('n1_seed0', t) for t in ('TPretrain', 'TFine'))
+    pre, fine = (Path(b.fold_folder('n1_seed0', t)) for t in ('TPretrain', 'TFine'))
     pre.mkdir(parents=True)
     (pre / 'checkpoint_final.pth').write_bytes(b'')
     fine.mkdir(parents=True)
