@@ -39,6 +39,7 @@ import numpy as np
 
 from nnunet_semi.curves import read_curves
 from nnunet_semi.demo import executable
+from nnunet_semi.trainers.variants import EPOCHS, SMOKE
 
 matplotlib.use('agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,6 +50,17 @@ FULL = 'full'
 # less than PLATEAU_RISE over the fifth before; fully supervised is clearly better when it leads by CLEAR_GAP
 PLATEAU_RISE = 0.01
 CLEAR_GAP = 0.05
+ITERATIONS_PER_EPOCH = 250  # nnU-Net's
+
+
+def stages(method: str) -> List[str]:
+    """The trainings of a method as given to -tr: 'A:B' trains A, then B from A's final checkpoint."""
+    return method.split(':')
+
+
+def console(cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run one of this environment's console scripts (nnUNetv2_train, ...), also when its bin folder is not on PATH."""
+    return subprocess.run([executable(cmd[0])] + cmd[1:], **kwargs)
 
 
 def split_name(n: Optional[int], seed: Optional[int]) -> str:
@@ -74,6 +86,10 @@ class Run:
     @property
     def split(self) -> str:
         return split_name(self.n, self.seed)
+
+    @property
+    def stages(self) -> List[str]:
+        return stages(self.method)
 
     @property
     def label(self) -> str:
@@ -130,7 +146,7 @@ class Benchmark:
             shutil.copyfile(os.path.join(self.source, 'splits_final.json'), splits_file)
         cmd = ['nnUNetv2_semi_split', '-d', self.dataset] + (['--restore'] if n is None else
                                                               ['-n', str(n), '--seed', str(seed)])
-        subprocess.run([executable(cmd[0])] + cmd[1:], env=self.env(split), check=True, stdout=subprocess.DEVNULL)
+        console(cmd, env=self.env(split), check=True, stdout=subprocess.DEVNULL)
         if not self._is_split(splits_file, n, seed):
             raise RuntimeError(f'{splits_file} was not written as expected by {" ".join(cmd)}')
 
@@ -150,7 +166,7 @@ class Benchmark:
         if nnUNet_raw.is_set() and os.path.isdir(os.path.join(str(nnUNet_raw), self.dataset, RAW_FOLDER)):
             cmd = ['nnUNetv2_semi_preprocess', '-d', self.dataset, '-c', self.configuration, '-p', self.plans]
             print(f'$ {" ".join(cmd)}', flush=True)
-            subprocess.run([executable(cmd[0])] + cmd[1:], check=True)
+            console(cmd, check=True)
 
     # ---- training --------------------------------------------------------------------------------------------------
     def state(self, split: str, trainer: str, validated: bool = True) -> str:
@@ -162,14 +178,17 @@ class Benchmark:
             return 'validate'
         return 'continue' if os.path.isfile(os.path.join(folder, 'checkpoint_latest.pth')) else 'start'
 
+    def stage_states(self, run: Run) -> List[tuple]:
+        """(trainer, whether it is the run's last training, its state) for each training of the run; only the last
+        one is validated (a pretraining has no segmentation validation)."""
+        n = len(run.stages)
+        return [(t, i == n - 1, self.state(run.split, t, validated=i == n - 1)) for i, t in enumerate(run.stages)]
+
     def train(self, run: Run) -> float:
         """Bring every training of the run to 'done'; returns the seconds spent here (0 if nothing was left)."""
         self.prepare_split(run.n, run.seed)
-        stages = run.method.split(':')
         spent = 0.
-        for i, trainer in enumerate(stages):
-            last = i == len(stages) - 1
-            state = self.state(run.split, trainer, validated=last)
+        for i, (trainer, last, state) in enumerate(self.stage_states(run)):
             if state == 'done':
                 continue
             name = schedule_name(trainer, self.epochs)
@@ -180,7 +199,7 @@ class Benchmark:
             elif state == 'validate':
                 cmd.append('--val')
             elif i > 0:
-                cmd += ['-pretrained_weights', os.path.join(self.fold_folder(run.split, stages[i - 1]),
+                cmd += ['-pretrained_weights', os.path.join(self.fold_folder(run.split, run.stages[i - 1]),
                                                             'checkpoint_final.pth')]
             log = os.path.join(self.output, 'logs', f'{run.split}__{name}.log')
             folders = self.folders(run.split)
@@ -188,8 +207,7 @@ class Benchmark:
                   f' {" ".join(cmd)}\n    (output: {log})', flush=True)
             start = time.time()
             with open(log, 'a') as f:
-                p = subprocess.run([executable(cmd[0])] + cmd[1:], env=self.env(run.split), stdout=f,
-                                   stderr=subprocess.STDOUT)
+                p = console(cmd, env=self.env(run.split), stdout=f, stderr=subprocess.STDOUT)
             spent += time.time() - start
             if p.returncode != 0 or self.state(run.split, trainer, validated=last) != 'done':
                 with open(log) as f:
@@ -200,13 +218,12 @@ class Benchmark:
     # ---- results ---------------------------------------------------------------------------------------------------
     def result(self, run: Run) -> Optional[dict]:
         """The finished run's validation Dice (overall and per class), its curves and training time, or None."""
-        stages = run.method.split(':')
-        if any(self.state(run.split, t, validated=t == stages[-1]) != 'done' for t in stages):
+        if any(state != 'done' for _, _, state in self.stage_states(run)):
             return None
-        folder = self.fold_folder(run.split, stages[-1])
+        folder = self.fold_folder(run.split, run.stages[-1])
         with open(os.path.join(folder, 'validation', 'summary.json')) as f:
             summary = json.load(f)
-        logs = [read_curves(self.fold_folder(run.split, trainer)) for trainer in stages]
+        logs = [read_curves(self.fold_folder(run.split, trainer)) for trainer in run.stages]
         seconds = sum(float(np.sum(np.subtract(g['epoch_end_timestamps'], g['epoch_start_timestamps']))) for g in logs)
         log = logs[-1]
         return {'dice': summary['foreground_mean']['Dice'],
@@ -307,7 +324,8 @@ def _dice_tables(bench: Benchmark, methods: List[str], ns: List[int], done: dict
         names = class_names(json.load(f))
     classes = sorted({k for r in done['runs'] for k in r['class_dice']}, key=str)
     lines += ['', '## Dice per class', '',
-              '| method | N | ' + ' | '.join(names.get(c, c) for c in classes) + ' |', '|---' * (2 + len(classes)) + '|']
+              '| method | N | ' + ' | '.join(names.get(c, c) for c in classes) + ' |',
+              '|---' * (2 + len(classes)) + '|']
     for method in methods:
         for n in ns:
             rs = table.get((method, n), [])
@@ -367,14 +385,15 @@ def _time_table(methods: List[str], ns: List[int], done: dict) -> List[str]:
 def _method_label(method: str) -> str:
     if method == STOCK:
         return 'labeled-only (nnUNetTrainer)'
-    stages = method.split(':')
-    return stages[-1] + (f' (after {" → ".join(stages[:-1])})' if len(stages) > 1 else '')
+    trainings = stages(method)
+    return trainings[-1] + (f' (after {" → ".join(trainings[:-1])})' if len(trainings) > 1 else '')
 
 
 def _budget(epochs: str) -> str:
     if epochs == 'smoke':
-        return 'the smoke schedule (3 epochs of 8 iterations)'
-    return f'{epochs} epochs of 250 iterations ({int(epochs) * 250:,} iterations) per training'
+        return f'the smoke schedule ({SMOKE["num_epochs"]} epochs of {SMOKE["num_iterations_per_epoch"]} iterations)'
+    return (f'{epochs} epochs of {ITERATIONS_PER_EPOCH} iterations ({int(epochs) * ITERATIONS_PER_EPOCH:,} '
+            f'iterations) per training')
 
 
 def _n_training_cases(bench: Benchmark) -> Optional[int]:
@@ -462,9 +481,29 @@ def check_trainers(names: List[str]) -> None:
                 missing.append(name)
     if missing:
         raise SystemExit(f'nnUNetv2_semi_benchmark: no trainer class {", ".join(missing)}. --epochs picks the '
-                         f'schedule variant <trainer>_<E>epochs: nnunet_semi defines E = 1, 5, 10, 20, 50, 100, 250, '
-                         f'500, 750 and smoke for its trainers, nnU-Net its own for nnUNetTrainer; 1000 is the '
-                         f'trainer itself.')
+                         f'schedule variant <trainer>_<E>epochs: nnunet_semi defines E = '
+                         f'{", ".join(map(str, EPOCHS))} and smoke for its trainers, nnU-Net its own for '
+                         f'nnUNetTrainer; 1000 is the trainer itself.')
+
+
+def train_all(bench: Benchmark, runs: List[Run], on_finished) -> List[str]:
+    """Train every run not finished yet, calling ``on_finished()`` after each; returns the labels of those that
+    failed (the others still run)."""
+    failed = []
+    for i, run in enumerate(runs):
+        done = bench.result(run) is not None
+        print(f'[{i + 1}/{len(runs)}] {run.label}: ' + ('finished earlier' if done else 'training'), flush=True)
+        if done:
+            continue
+        try:
+            seconds = bench.train(run)
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            print(f'  FAILED: {e}', flush=True)
+            failed.append(run.label)
+            continue
+        print(f'  validation Dice {bench.result(run)["dice"]:.4f} ({seconds / 60:.1f} min)', flush=True)
+        on_finished()
+    return failed
 
 
 def main(argv=None):
@@ -512,31 +551,17 @@ def main(argv=None):
                                     f'nnunet_semi_benchmark__{plans}__{args.c}__{epochs}epochs__fold{args.f}')
     bench = Benchmark(dataset, args.c, plans, epochs, args.f, output, args.device)
     runs = [Run(STOCK, None, None)] + [Run(m, n, s) for s in args.seeds for n in args.n for m in [STOCK] + args.tr]
+    failed = []
     if not args.report_only:
-        check_trainers(sorted({schedule_name(t, epochs) for m in [STOCK] + args.tr for t in m.split(':')}))
+        check_trainers(sorted({schedule_name(t, epochs) for m in [STOCK] + args.tr for t in stages(m)}))
         bench.preprocess_unlabeled()
-        report(bench, args.tr, args.n, args.seeds, command)  # what earlier calls finished, before hours of training
-        failed = []
-        for i, run in enumerate(runs):
-            done = bench.result(run) is not None
-            print(f'[{i + 1}/{len(runs)}] {run.label}: ' + ('finished earlier' if done else 'training'), flush=True)
-            if done:
-                continue
-            try:
-                seconds = bench.train(run)
-            except (RuntimeError, subprocess.CalledProcessError) as e:
-                print(f'  FAILED: {e}', flush=True)
-                failed.append(run.label)
-                continue
-            r = bench.result(run)
-            print(f'  validation Dice {r["dice"]:.4f} ({seconds / 60:.1f} min)', flush=True)
-            report(bench, args.tr, args.n, args.seeds, command)
-    report(bench, args.tr, args.n, args.seeds, command)
+    report(bench, args.tr, args.n, args.seeds, command)  # earlier calls' runs (all that --report_only does)
+    if not args.report_only:
+        failed = train_all(bench, runs, lambda: report(bench, args.tr, args.n, args.seeds, command))
     print(f'\nReport: {os.path.join(output, "benchmark.md")}, benchmark.png, curves.png, results.json')
-    if not args.report_only and failed:
+    if failed:
         print(f'{len(failed)} run(s) failed: {", ".join(failed)}; run the same command again to retry them.')
         sys.exit(1)
-
 
 if __name__ == '__main__':
     main()
