@@ -409,6 +409,12 @@ def _colors(methods: List[str]) -> Dict[str, str]:
     return {STOCK: 'black', **{m: cycle[i % len(cycle)] for i, m in enumerate(methods)}}
 
 
+def _legend(ax, fontsize: int) -> None:
+    """A legend, where there is a line to name (a report written before any run finished has none)."""
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=fontsize)
+
+
 def _plot(bench, methods, ns, table, full, n_train) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     color = _colors(methods)
@@ -431,7 +437,7 @@ def _plot(bench, methods, ns, table, full, n_train) -> None:
     ax.set_ylabel('validation Dice (foreground mean)')
     ax.set_title(f'{bench.dataset} {bench.configuration}, {bench.plans}, {_budget(bench.epochs).split(" (")[0]}; '
                  f'mean ± std over seeds', fontsize=9)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(bench.output, 'benchmark.png'), dpi=100)
     plt.close(fig)
@@ -450,7 +456,7 @@ def _plot_curves(output: str, methods, ns, runs) -> None:
         ax.set_title(f'N={n} (a line per seed)', fontsize=10)
         ax.set_xlabel('epoch')
         ax.set_ylabel("nnU-Net's validation pseudo Dice per epoch")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)

@@ -2,6 +2,7 @@
 and which nnUNetv2_train command each state of a run leads to (subprocess replaced by a recorder)."""
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,13 @@ def test_missing_plans_or_configuration_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'P\.json has no configuration 3d_fullres \(it has 2d\)'):
         benchmark.main(argv)
     assert not (tmp_path / 'results').exists()  # nothing written before the checks
+
+
+def test_a_report_before_any_run_finished_is_written_without_warnings(bench):
+    b, _ = bench
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        results = benchmark.report(b, ['TFine'], [1], [0], 'nnUNetv2_semi_benchmark -d 777')
+    assert results['runs'] == []
+    for name in ('benchmark.md', 'benchmark.png', 'curves.png', 'results.json'):
+        assert (Path(b.output) / name).is_file(), name
