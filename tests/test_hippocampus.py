@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA, SMALL, assert_segmentations, newest_log, run
 from nnunet_semi.demo import planning_env
@@ -40,6 +41,8 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
     assert 'Unlabeled cases: 203 (0 from imagesUnlabeled, 203 with labels hidden by nnUNetv2_semi_split)' in log
     summary = json.loads((folder / 'validation' / 'summary.json').read_text())
     assert len(summary['metric_per_case']) == 52  # nnU-Net validated the untouched validation cases
+    checkpoint = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert checkpoint['inference_allowed_mirroring_axes'] is None  # smoke: validated and predicted without mirroring
 
     inputs = tmp_path / 'in'
     inputs.mkdir()

@@ -17,8 +17,8 @@ one batch attend to each other. Each iteration, on the labeled + unlabeled batch
   at 40 % of the run if that comes first.
 
 Settings are attributes (see ``__init__``); the paper's ablations are the variants ``_noCMA``, ``_noOCC`` and
-``_MLonly`` (plain mutual learning of the two heterogeneous networks). docs/caml.md describes where this follows the
-authors' code, where nnU-Net's conventions replace it, and why.
+``_MLonly`` (plain mutual learning of the two heterogeneous networks); ``_mutual010`` has lambda_c = 0.1.
+docs/caml.md describes where this follows the authors' code, where nnU-Net's conventions replace it, and why.
 """
 import torch
 from torch import nn
@@ -188,7 +188,8 @@ def voxel_rows(features: torch.Tensor) -> torch.Tensor:
 
 
 ABLATIONS = {'noCMA': {'use_cma': False}, 'noOCC': {'use_occ': False},
-             'MLonly': {'use_cma': False, 'use_occ': False}}
+             'MLonly': {'use_cma': False, 'use_occ': False},
+             'mutual010': {'mutual_weight': 0.1}}  # not the paper's: lambda_c 0.1 instead of 1.0 (docs/caml.md)
 
 __all__ = ['nnUNetTrainerCAML'] + add_short_variants(nnUNetTrainerCAML, globals())
 for _suffix, _settings in ABLATIONS.items():

@@ -1,15 +1,25 @@
 """Shorter schedules, named as nnU-Net names its own (``nnUNetTrainer_5epochs``): ``<Trainer>_5epochs`` etc., and
-``<Trainer>_smoke`` (3 epochs of 8 iterations, 4 validation iterations, a checkpoint every epoch) for tests, the demo
-and trying a set-up in a minute on a CPU."""
+``<Trainer>_smoke`` (3 epochs of 8 iterations, 4 validation iterations, a checkpoint every epoch, final validation and
+prediction without test-time mirroring) for tests, the demo and trying a set-up in a minute on a CPU."""
 import torch
 
 EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750)
 SMOKE = dict(num_epochs=3, num_iterations_per_epoch=8, num_val_iterations_per_epoch=4, save_every=1)
 
 
-def define_variant(base: type, name: str, namespace: dict, **settings) -> type:
-    """A subclass of ``base`` named ``name`` that only changes attributes after ``base.__init__``, defined in
-    ``namespace`` (a module's globals(), so that it pickles by name)."""
+class NoTestTimeMirroring:
+    """Mixin: training still mirrors as planned; validation and nnUNetv2_predict of the checkpoint do not (in 3d,
+    test-time mirroring runs the network 8 times per tile)."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return configured
+
+
+def define_variant(base: type, name: str, namespace: dict, mixins: tuple = (), **settings) -> type:
+    """A subclass of ``base`` (after ``mixins``) named ``name`` that only changes attributes after ``base.__init__``,
+    defined in ``namespace`` (a module's globals(), so that it pickles by name)."""
     module = namespace['__name__']
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -19,8 +29,9 @@ def define_variant(base: type, name: str, namespace: dict, **settings) -> type:
             setattr(self, key, value)
 
     doc = ', '.join(f'{k}={v}' for k, v in settings.items())
-    cls = type(name, (base,), {'__init__': __init__, '__module__': module, '__qualname__': name,
-                               '__doc__': f'{base.__name__} with {doc}.'})
+    doc += ''.join(f', {m.__name__}' for m in mixins)
+    cls = type(name, (*mixins, base), {'__init__': __init__, '__module__': module, '__qualname__': name,
+                                       '__doc__': f'{base.__name__} with {doc}.'})
     namespace[name] = cls
     return cls
 
@@ -32,5 +43,5 @@ def add_short_variants(base: type, namespace: dict, epochs=EPOCHS, smoke: bool =
     if smoke:
         variants[f'{base.__name__}_smoke'] = SMOKE
     for name, settings in variants.items():
-        define_variant(base, name, namespace, **settings)
+        define_variant(base, name, namespace, (NoTestTimeMirroring,) if settings is SMOKE else (), **settings)
     return list(variants)
