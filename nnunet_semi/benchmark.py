@@ -37,14 +37,14 @@ from typing import Dict, List, Optional
 import matplotlib
 import numpy as np
 
+from nnunet_semi import STOCK
 from nnunet_semi.curves import read_curves
 from nnunet_semi.demo import executable
-from nnunet_semi.trainers.variants import EPOCHS, SMOKE
+from nnunet_semi.trainers.variants import EPOCHS, SMOKE, schedule_name
 
 matplotlib.use('agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-STOCK = 'nnUNetTrainer'
 FULL = 'full'
 # the budget check: labeled-only has plateaued when its mean pseudo Dice over the last fifth of the epochs rose by
 # less than PLATEAU_RISE over the fifth before; fully supervised is clearly better when it leads by CLEAR_GAP
@@ -65,15 +65,6 @@ def console(cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
 
 def split_name(n: Optional[int], seed: Optional[int]) -> str:
     return FULL if n is None else f'n{n}_seed{seed}'
-
-
-def schedule_name(trainer: str, epochs: str) -> str:
-    """The trainer class with that schedule, named as nnU-Net names its own (``nnUNetTrainer_20epochs``)."""
-    if epochs == '1000':
-        return trainer
-    if epochs == 'smoke':
-        return f'{trainer}_smoke'
-    return f'{trainer}_{epochs}epoch' + ('' if epochs == '1' else 's')
 
 
 @dataclass

@@ -25,9 +25,9 @@ from datetime import date
 
 import torch
 
+from nnunet_semi import STOCK
 from nnunet_semi.planners import footprint
 
-STOCK = footprint.STOCK
 DEFAULT_TRAINERS = ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerCAML', 'nnUNetTrainerSSCL', 'nnUNetTrainerMASSL',
                     'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast', 'nnUNetTrainerSiamesePretrain',
                     'nnUNetTrainerSiameseFinetune']

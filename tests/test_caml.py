@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nnunet_semi.losses.mutual import correlation, mutual_consistency, omni_correlation_loss, sharpen
-from nnunet_semi.networks.caml import (CrossSampleMutualAttention, choose_cma_stage, decoder_features,
-                                       make_auxiliary_network)
+from nnunet_semi.networks.caml import CrossSampleMutualAttention, choose_cma_stage, make_auxiliary_network
+from nnunet_semi.networks.parts import output_of
 from nnunet_semi.networks.memory_bank import LabeledEmbeddingBank
 
 
@@ -100,24 +100,29 @@ def test_auxiliary_network_keeps_the_outputs_and_swaps_the_upsampling():
     assert [o.shape for o in aux(x)] == shapes and len(shapes) == 3
     assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in aux.modules())
     assert isinstance(aux.encoder.stages[2][1], CrossSampleMutualAttention)
-    with decoder_features(aux) as features:
+    with output_of(aux.decoder.stages[-1]) as features:
         out = aux(x)
-    assert features[0].shape == (2, 4, 8, 16, 16)
-    assert torch.allclose(aux.decoder.seg_layers[-1](features[0]), out[0])
+    assert features.value.shape == (2, 4, 8, 16, 16)
+    assert torch.allclose(aux.decoder.seg_layers[-1](features.value), out[0])
     assert not aux.decoder.stages[-1]._forward_hooks  # the hook is gone afterwards
 
 
 def test_memory_bank_slots_cap_and_sampling():
-    bank = LabeledEmbeddingBank(num_classes=2, num_cases=3, dim=2, cap_per_class=12)
+    bank = LabeledEmbeddingBank(num_classes=2, cases=['c', 'a', 'b'], dim=2, cap_per_class=12)
     assert bank.per_case == 4 and bank.embeddings.shape == (2, 3, 4, 2)
-    bank.write(0, 1, torch.ones(10, 2))  # more than the slot holds: a random 4 of them
-    bank.write(1, 1, torch.full((2, 2), 2.0))
-    assert bank.size(1) == 6 and bank.size(0) == 0
+    bank.write('a', 1, torch.ones(10, 2))  # more than the slot holds: a random 4 of them
+    bank.write('b', 1, torch.full((2, 2), 2.0))
+    assert bank.size(1) == 6 and bank.size(0) == 0 and bank.count(1, 'a') == 4 and bank.count(1, 'c') == 0
+    assert bank.counts[1].tolist() == [4, 2, 0]  # slots in sorted order of the keys
     assert bank.sample(1, 7) is None and bank.sample(0, 1) is None
     drawn = bank.sample(1, 6)
     assert sorted(drawn[:, 0].tolist()) == [1, 1, 1, 1, 2, 2]  # only stored rows, never the zero padding
-    bank.write(0, 1, torch.full((1, 2), 3.0))  # the case's slot is overwritten, not appended to
+    bank.write('a', 1, torch.full((1, 2), 3.0))  # the case's slot is overwritten, not appended to
     assert bank.size(1) == 3 and sorted(bank.sample(1, 3)[:, 0].tolist()) == [2, 2, 3]
-    copy = LabeledEmbeddingBank(2, 3, 2, 12)
+    # a batch's positions by case, in order of first appearance; a case without a slot is named
+    assert bank.samples_by_case(['c', 'a', 'c']) == {'c': [0, 2], 'a': [1]}
+    with pytest.raises(RuntimeError, match='labeled case d is not in the training split'):
+        bank.samples_by_case(['a', 'd'])
+    copy = LabeledEmbeddingBank(2, ['a', 'b', 'c'], 2, 12)
     copy.load_state_dict(bank.state_dict())
     assert torch.equal(copy.embeddings, bank.embeddings) and torch.equal(copy.counts, bank.counts)

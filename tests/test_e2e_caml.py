@@ -54,7 +54,7 @@ def test_memory_update_keeps_correct_voxels_within_the_cap(tiny_dataset):
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
     trainer = trainer_from_args(ds, 'nnUNetTrainerCAML', 4, memory_cap_per_class=8 * 300)
-    cases = sorted(trainer.case_index)
+    cases = sorted(trainer.memory.slots)
     assert len(cases) == 8 and trainer.memory.per_case == 300
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (3, 4, 8, 8))
@@ -62,20 +62,19 @@ def test_memory_update_keeps_correct_voxels_within_the_cap(tiny_dataset):
     pred_v[:, :2] = (labels[:, :2] + 1) % 3  # V is wrong in the first two slices
     pred_a[:, :, :4] = (labels[:, :, :4] + 2) % 3  # A is wrong in the first half of each slice
     features = torch.randn(3, trainer.model_a.encoder.output_channels[0], 4, 8, 8)
-    trainer.labeled_keys = [cases[0], cases[1], cases[0]]  # case 0 drawn twice: its two crops are pooled
-    trainer.update_memory(features, features, pred_v, pred_a, labels)
+    keys = [cases[0], cases[1], cases[0]]  # case 0 drawn twice: its two crops are pooled
+    trainer.update_memory(features, features, pred_v, pred_a, labels, keys)
     correct = (pred_v == labels) & (pred_a == labels)  # slices 2-3, second half: 2 * 4 * 8 = 64 voxels per sample
     for c in range(3):
         for case, samples in ((cases[0], [0, 2]), (cases[1], [1])):
             expected = int((correct[samples] & (labels[samples] == c)).sum())
-            assert trainer.memory.counts[c, trainer.case_index[case]] == expected
+            assert trainer.memory.count(c, case) == expected
     assert trainer.memory.counts[:, 2:].sum() == 0
     # a crop with more correct voxels than a slot holds keeps only per_case of them
-    trainer.labeled_keys = [cases[5]]
     big = torch.zeros(1, 8, 16, 16, dtype=torch.long)
     big_features = torch.randn(1, features.shape[1], 8, 16, 16)
-    trainer.update_memory(big_features, big_features, big, big, big)
-    assert trainer.memory.counts[0, trainer.case_index[cases[5]]] == 300
+    trainer.update_memory(big_features, big_features, big, big, big, [cases[5]])
+    assert trainer.memory.count(0, cases[5]) == 300
     assert trainer.heads['proj_V'].training  # the heads are back in training mode
 
 

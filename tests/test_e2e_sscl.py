@@ -60,6 +60,6 @@ def test_losses_and_ablations_on_a_real_batch(tiny_dataset):
                 layer.weight.zero_()
                 layer.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
         batch = next(trainer.dataloader_train)
-        terms = trainer.compute_losses(batch['data'], batch['target'], next(trainer.dataloader_unlabeled)['data'])
+        terms = trainer.compute_losses(trainer.to_device(batch), trainer.next_unlabeled_batch())
         assert terms['inpainting'][1].item() == 0.0, name
         trainer.on_train_end()

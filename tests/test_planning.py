@@ -7,7 +7,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from conftest import SMALL, newest_log, run, trainer_from_args
 from nnunet_semi.planners import footprint
-from nnunet_semi.planners.semi_planner import planner_class
+from nnunet_semi.planners.semi_planner import memory_warning, planner_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 MT = 'nnUNetTrainerMeanTeacher_smoke'
@@ -103,9 +103,10 @@ def test_semi_plans_from_the_command_train_with_nnunetv2_train(tiny_dataset):
 
 def test_the_start_check_warns_when_the_estimate_exceeds_the_gpu(tiny_dataset):
     trainer = trainer_from_args(tiny_dataset, MT, 0, '2d')
-    need = trainer.check_gpu_memory(available_bytes=10 ** 15)
-    assert 'WARNING' not in open(trainer.log_file).read()
-    assert trainer.check_gpu_memory(available_bytes=need // 2) == pytest.approx(need, rel=0.05)
-    log = open(trainer.log_file).read()
-    assert f'WARNING: {MT} needs about' in log
-    assert f'nnUNetv2_semi_plan_and_preprocess -d {tiny_dataset["name"]} -tr {MT} -c 2d -p {SMALL}' in log
+    need, warning = memory_warning(trainer, available_bytes=10 ** 15)
+    assert need > 0 and warning is None
+    again, warning = memory_warning(trainer, available_bytes=int(need // 2))
+    assert again == pytest.approx(need, rel=0.05)
+    assert warning.startswith(f'WARNING: {MT} needs about')
+    assert f'nnUNetv2_semi_plan_and_preprocess -d {tiny_dataset["name"]} -tr {MT} -c 2d -p {SMALL}' in warning
+    assert f'then train with -p {SMALL}_MeanTeacher_smoke' in warning

@@ -121,7 +121,7 @@ def test_sampler_regions_and_mirrored_positions(tmp_path, patch, axis):
     for _ in range(20):
         batch = loader.generate_train_batch()
         assert batch['data'].shape == (16, 1, *patch)
-        for image, region in zip(batch['data'], batch['target'].tolist()):
+        for image, region in zip(batch['data'], batch['region'].tolist()):
             sign = -1 if region == 1 else 1  # region 1 (left) is the lower half
             assert (torch.sign(image) == sign).all(), 'a patch left the half of its region'
             distances[region].add(int(image.abs().min()) - 1)
@@ -136,14 +136,14 @@ def test_sampler_octants_and_halves(tmp_path):
     cases = _cases(tmp_path, {'a': code})
     loader = RegionPatchLoader(cases, 32, (3, 3, 3), (3, 3, 3), _Labels(), RegionSplit(OCTANTS, cases, [0, 1, 2]))
     batch = loader.generate_train_batch()
-    for image, region in zip(batch['data'], batch['target'].tolist()):
+    for image, region in zip(batch['data'], batch['region'].tolist()):
         assert (image == region).all()
-    assert set(batch['target'].tolist()) <= set(range(8)) and len(set(batch['target'].tolist())) > 1
+    assert set(batch['region'].tolist()) <= set(range(8)) and len(set(batch['region'].tolist())) > 1
 
     split = RegionSplit(HALVES, cases, [0, 1, 2], axis=0)
     assert split('a') == [(0, True)]
     batch = RegionPatchLoader(cases, 16, (3, 8, 8), (3, 8, 8), _Labels(), split).generate_train_batch()
-    for image, region in zip(batch['data'], batch['target'].tolist()):
+    for image, region in zip(batch['data'], batch['region'].tolist()):
         assert ((image.long() & 1) == region).all()  # bit 0 of the octant code: the half along axis 0
 
 
@@ -153,6 +153,6 @@ def test_sampler_octants_of_a_2d_image_are_quadrants(tmp_path):
     cases = _cases(tmp_path, {'a': code})
     split = RegionSplit(OCTANTS, cases, [0, 1, 2])
     batch = RegionPatchLoader(cases, 32, (3, 3), (3, 3), _Labels(), split).generate_train_batch()
-    for image, region in zip(batch['data'], batch['target'].tolist()):
+    for image, region in zip(batch['data'], batch['region'].tolist()):
         assert (image == region).all()
-    assert set(batch['target'].tolist()) <= {0, 2, 4, 6}  # never split across the single slice (bit 0)
+    assert set(batch['region'].tolist()) <= {0, 2, 4, 6}  # never split across the single slice (bit 0)

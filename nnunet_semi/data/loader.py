@@ -1,6 +1,6 @@
 """The unlabeled loader: nnU-Net's patch sampling and augmentation, images only.
 
-A batch is ``{'data': float tensor (B, C, *patch_size), 'keys': [...]}``, plus ``'target'`` (B,) when a subclass's
+A batch is ``{'data': float tensor (B, C, *patch_size), 'keys': [...]}``, plus ``'region'`` (B,) when a subclass's
 placement gives each patch a label (data/proxy.py). The loader opens image files only: the
 segmentation and the properties file (whose class locations come from the labels) are never read, so cases with
 hidden labels stay unlabeled. Patches are placed uniformly at random (no foreground oversampling: there is no
@@ -78,5 +78,5 @@ class UnlabeledDataLoader(nnUNetDataLoader):
                 labels.append(label)
         batch = {'data': torch.stack(images), 'keys': keys}
         if labels[0] is not None:
-            batch['target'] = torch.tensor(labels, dtype=torch.long)
+            batch['region'] = torch.tensor(labels, dtype=torch.long)
         return batch

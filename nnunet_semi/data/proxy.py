@@ -134,7 +134,7 @@ def start_in_half(extent: int, final: int, initial: int, upper: bool) -> int:
 
 
 class RegionPatchLoader(UnlabeledDataLoader):
-    """Batches ``{'data': (B, C, *patch), 'target': (B,) long region of each patch, 'keys': [...]}``: a random case
+    """Batches ``{'data': (B, C, *patch), 'region': (B,) long region of each patch, 'keys': [...]}``: a random case
     and a random region per sample (independently, so a pair is from the same region about half the time), the patch
     placed in that region by ``start_in_half`` along the split axes and uniformly along the others, then nnU-Net's
     transforms."""

@@ -8,10 +8,8 @@
 - ``choose_cma_stage``: the encoder stage CMA goes after, from the patch size and the strides of the plan.
 - ``EmbeddingHead``: Linear, BatchNorm1d, ReLU, Linear, applied to a set of voxels' feature vectors (the projection
   and prediction heads of the omni-correlation branch).
-- ``decoder_features``: the last decoder feature map of a U-Net's forward pass, without changing the network.
 """
-from contextlib import contextmanager
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,18 +88,6 @@ def make_auxiliary_network(unet: nn.Module, cma_stage: Optional[int], **cma_kwar
         decoder.transpconvs[s] = InterpolatingUpsample(encoder.conv_op, old.in_channels, old.out_channels,
                                                        encoder.strides[-(s + 1)], bias=old.bias is not None)
     return unet
-
-
-@contextmanager
-def decoder_features(unet: nn.Module):
-    """``with decoder_features(net) as features: out = net(x)``; then ``features[0]`` is the output of the decoder's
-    last stage (B, C0, *spatial): the per-voxel features the final 1x1 convolution turns into logits."""
-    captured: List[torch.Tensor] = []
-    handle = unet.decoder.stages[-1].register_forward_hook(lambda module, args, output: captured.append(output))
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 class EmbeddingHead(nn.Sequential):

@@ -27,9 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+from nnunet_semi import STOCK
 from nnunet_semi.environment import temporary_env
-
-STOCK = 'nnUNetTrainer'
 
 
 # ---------------------------------------------------------------------------- activations kept for backward
@@ -93,10 +92,10 @@ def _scratch_results():
 
 def build_trainer(trainer: Union[str, type], plans: dict, configuration: str, dataset_json: dict, device: torch.device,
                   scratch: str, batch_size: Optional[int] = None):
-    """An initialised trainer (a class, or a name as for nnUNetv2_train -tr: network, extra modules, optimizers,
-    loss) for ``plans``, a dict (candidate plans need not be on disk). No case is read; where the plans' data is not
-    preprocessed, an empty stand-in folder takes its place. ``batch_size`` overrides the planned labeled and
-    unlabeled batch size."""
+    """(an initialised trainer, its labeled cases): the trainer a class, or a name as for nnUNetv2_train -tr
+    (network, extra modules, optimizers, loss), for ``plans``, a dict (candidate plans need not be on disk). No case is
+    read; where the plans' data is not preprocessed, an empty stand-in folder takes its place and the one labeled case
+    is called 'case'. ``batch_size`` overrides the planned labeled and unlabeled batch size."""
     trainer_class = recursive_find_trainer_class_by_name(trainer) if isinstance(trainer, str) else trainer
     plans = copy.deepcopy(plans)
     plans['continue_training'] = False
@@ -111,18 +110,20 @@ def build_trainer(trainer: Union[str, type], plans: dict, configuration: str, da
     trainer.initialize()
     if batch_size is not None:
         trainer.batch_size = batch_size
-        if hasattr(trainer, 'batch_size_unlabeled'):
+        if _is_semi(trainer):
             trainer.batch_size_unlabeled = batch_size
-    # the labeled batch's case identifiers (a method may keep per-case state)
-    trainer.footprint_cases = sorted(trainer.do_split()[0]) if has_data else ['case']
-    return trainer
+    return trainer, sorted(trainer.do_split()[0]) if has_data else ['case']
 
 
-def synthetic_batch(trainer, seed: int = 0, batch_size: Optional[int] = None) -> dict:
-    """A labeled batch of the planned shape: images, and targets at every deep supervision scale as nnU-Net's
-    transforms produce them (label maps, or one binary channel per region)."""
+def _is_semi(trainer) -> bool:
+    """An nnunet_semi trainer (trainers/base.py): its extra modules, optimizers and unlabeled loader are public."""
+    return hasattr(trainer, 'semi_modules')
+
+
+def synthetic_batch(trainer, cases, seed: int = 0, batch_size: Optional[int] = None) -> dict:
+    """A labeled batch of the planned shape from ``cases`` (keys): images, and targets at every deep supervision
+    scale as nnU-Net's transforms produce them (label maps, or one binary channel per region)."""
     g = torch.Generator().manual_seed(seed)
-    cases = getattr(trainer, 'footprint_cases', ['case'])
     patch = [int(p) for p in trainer.configuration_manager.patch_size]
     b = batch_size or trainer.batch_size
     data = torch.randn((b, trainer.num_input_channels, *patch), generator=g)
@@ -141,14 +142,11 @@ def synthetic_batch(trainer, seed: int = 0, batch_size: Optional[int] = None) ->
 
 
 def _modules(trainer):
-    modules = [trainer.network]
-    if hasattr(trainer, 'semi_modules'):
-        modules += list(trainer.semi_modules().values())
-    return modules
+    return [trainer.network] + (list(trainer.semi_modules().values()) if _is_semi(trainer) else [])
 
 
 def _optimizers(trainer):
-    return trainer._optimizers() if hasattr(trainer, '_optimizers') else [trainer.optimizer]
+    return trainer.optimizers() if _is_semi(trainer) else [trainer.optimizer]
 
 
 def _unique_bytes(tensors) -> int:
@@ -190,17 +188,18 @@ class Footprint:
         return self.fixed_bytes + (self.memory_bytes - self.fixed_bytes) * batch_size / self.batch_size
 
 
-def measure_trainer(trainer, seed: int = 0, cuda_baseline: int = 0) -> Footprint:
-    """Footprint of one training step of an initialised trainer (see build_trainer). Runs a warm-up step first, so
-    optimizer state exists as it does during training; the trainer's weights change (use a throw-away trainer).
-    cuda_baseline: bytes allocated before the trainer was built (subtracted from the CUDA peak)."""
-    batch = synthetic_batch(trainer, seed)
-    if hasattr(trainer, 'dataloader_unlabeled'):  # a semi trainer: its unlabeled batch (with targets: pseudo-labels)
-        unlabeled = synthetic_batch(trainer, seed + 1, trainer.batch_size_unlabeled or trainer.batch_size)
+def measure_trainer(trainer, cases, seed: int = 0, cuda_baseline: int = 0) -> Footprint:
+    """Footprint of one training step of an initialised trainer with labeled ``cases`` (see build_trainer). Runs a
+    warm-up step first, so optimizer state exists as it does during training; the trainer's weights change (use a
+    throw-away trainer). cuda_baseline: bytes allocated before the trainer was built (subtracted from the CUDA
+    peak)."""
+    batch = synthetic_batch(trainer, cases, seed)
+    if _is_semi(trainer):  # its unlabeled batch (with targets: pseudo-labels), the labeled cases' keys unused there
+        unlabeled = synthetic_batch(trainer, cases, seed + 1, trainer.batch_size_unlabeled or trainer.batch_size)
         trainer.dataloader_unlabeled = itertools.repeat(unlabeled)
     for m in _modules(trainer):
         m.train()
-    if hasattr(trainer, 'iteration'):  # mid-training: ramped-up weights, every term computed
+    if _is_semi(trainer):  # mid-training: ramped-up weights, every term computed
         trainer.current_epoch = trainer.num_epochs // 2
         trainer.iteration = trainer.current_epoch * trainer.num_iterations_per_epoch
     device = trainer.device
@@ -237,10 +236,10 @@ def measure(trainer: Union[str, type], plans: dict, configuration: str, dataset_
         rng = torch.get_rng_state(), np.random.get_state(), \
             torch.cuda.get_rng_state_all() if device.type == 'cuda' else None
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's start-up messages, once per trainer built
-            built = build_trainer(trainer, plans, configuration, dataset_json, device, scratch, batch_size)
+            built, cases = build_trainer(trainer, plans, configuration, dataset_json, device, scratch, batch_size)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                return measure_trainer(built, cuda_baseline=baseline)
+                return measure_trainer(built, cases, cuda_baseline=baseline)
         finally:
             del built
             torch.set_rng_state(rng[0])

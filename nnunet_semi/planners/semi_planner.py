@@ -15,7 +15,7 @@ preprocessed for them. Train with ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p
 import argparse
 import contextlib
 import io
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -70,6 +70,28 @@ def planner_class(base_name: str = 'ExperimentPlanner') -> type:
 
 def default_plans_name(source_plans: str, trainer: str) -> str:
     return f'{source_plans}_{trainer.removeprefix("nnUNetTrainer") or "stock"}'
+
+
+def memory_warning(trainer, available_bytes: int) -> Tuple[float, Optional[str]]:
+    """(bytes a training step of ``trainer`` needs at its plans, a warning that names the plans to make instead, or
+    None when that fits in ``available_bytes``). A throw-away copy of the trainer is measured on its device at batch
+    2 (footprint.estimate_training_memory)."""
+    try:
+        need = footprint.estimate_training_memory(trainer)
+    except torch.cuda.OutOfMemoryError:
+        need = float('inf')
+    if need <= available_bytes:
+        return need, None
+    name, plans = trainer.__class__.__name__, trainer.plans_manager.plans_name
+    cm = trainer.configuration_manager
+    amount = 'more than the GPU holds even at batch 2' if need == float('inf') else \
+        f'about {need / 2 ** 30:.1f} GiB per step'
+    return need, (
+        f'WARNING: {name} needs {amount} with the plans {plans} ({trainer.configuration_name}: patch '
+        f'{list(cm.patch_size)}, batch {cm.batch_size}), more than the {available_bytes / 2 ** 30:.1f} GiB available. '
+        f'Plans sized for this trainer: nnUNetv2_semi_plan_and_preprocess -d {trainer.plans_manager.dataset_name} '
+        f'-tr {name} -c {trainer.configuration_name} -p {plans} -gpu_memory_target '
+        f'{max(1, int(available_bytes / 1e9 * 0.9))}, then train with -p {default_plans_name(plans, name)}.')
 
 
 def _shape(plans: dict, configuration: str) -> tuple:

@@ -1,13 +1,15 @@
-"""The public trainers (DESIGN.md), found by nnU-Net through the shim in nnunet_semi/_ext."""
-from nnunet_semi.trainers import caml, massl, mean_teacher, pl_contrast, siamese, sscl, stock
-from nnunet_semi.trainers.base import nnUNetTrainerSemi
-from nnunet_semi.trainers.caml import *  # noqa: F401,F403
-from nnunet_semi.trainers.massl import *  # noqa: F401,F403
-from nnunet_semi.trainers.mean_teacher import *  # noqa: F401,F403
-from nnunet_semi.trainers.pl_contrast import *  # noqa: F401,F403
-from nnunet_semi.trainers.siamese import *  # noqa: F401,F403
-from nnunet_semi.trainers.sscl import *  # noqa: F401,F403
-from nnunet_semi.trainers.stock import *  # noqa: F401,F403
+"""The public trainers (DESIGN.md), found by nnU-Net through the shim in nnunet_semi/_ext.
 
-__all__ = (['nnUNetTrainerSemi'] + caml.__all__ + massl.__all__ + mean_teacher.__all__ + pl_contrast.__all__ +
-           siamese.__all__ + sscl.__all__ + stock.__all__)
+Every module of this package is imported, and every name in its ``__all__`` is exported: a method file with an
+``__all__`` is all it takes to add a trainer (docs/writing_a_method.md). Modules without ``__all__`` (the base's
+helpers) export nothing.
+"""
+import importlib
+import pkgutil
+
+__all__ = []
+for _module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _module = importlib.import_module(f'{__name__}.{_module_info.name}')
+    for _name in getattr(_module, '__all__', ()):
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)

@@ -1,37 +1,43 @@
 """nnUNetTrainerSemi: what every semi-supervised trainer shares.
 
-A method subclasses it and writes only its own parts:
+A batch travels as one object: each loader's whole batch (a dict: ``'data'`` the images (B, C, *patch), and whatever
+else the loader yields, e.g. ``'target'`` the segmentation, a list over deep-supervision scales, ``'keys'`` the case
+identifiers, pseudo-labels) is moved to the device by the base and handed to the method, which reads what it needs.
+
+A method subclasses the base and writes only its own parts:
 
 - ``build_semi_modules()``: the extra modules (teacher, second network, heads), created once ``self.network``
-  exists; ``semi_modules()`` names them, so the base moves, saves and restores them;
-- ``compute_losses(data, target, unlabeled)``: the forward pass and the loss terms of one iteration, as
-  ``{name: (weight, loss)}``;
-- optionally ``train_iteration`` for a method that takes several optimisation steps per iteration (each through
-  ``optimization_step``), ``after_optimizer_step()`` (e.g. an EMA update), ``on_semi_train_start(resumed)``,
-  ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module (a memory bank), extra
-  optimizers through ``register_optimizer``, ``next_unlabeled()`` for unlabeled batches that carry more than
-  images (pseudo-labels), and ``self.metrics`` for values that are not losses (an accuracy), logged like the terms.
-  A method that needs no unlabeled loader sets ``uses_unlabeled_data = False``.
+  exists; ``semi_modules()`` names them, so the base moves, saves and restores them; ``register_optimizer`` adds
+  nnU-Net's SGD for parameters that ``self.optimizer`` does not train;
+- ``compute_losses(labeled, unlabeled)``: the forward pass and the loss terms of one iteration, as
+  ``{name: (weight, loss)}``; a value that is not a loss (an accuracy) has weight None: it is logged, not trained;
+  ``unlabeled`` is None where the method has no unlabeled stream, or none yet (a warm-up);
+- optionally ``train_iteration(labeled, unlabeled)`` for a method that takes several optimisation steps per iteration
+  (each through ``optimization_step``), ``after_optimizer_step()`` (e.g. an EMA update),
+  ``on_semi_train_start(resumed)``, ``semi_state_dict()`` / ``load_semi_state_dict()`` for state that is not a module,
+  and ``get_unlabeled_dataloader(num_processes)`` for unlabeled batches of another loader (pseudo-labels; None: no
+  unlabeled batches until the method calls ``replace_unlabeled_dataloader``).
+
+Class attributes: ``uses_unlabeled_data = False`` (no unlabeled loader), ``single_gpu = True`` (refuse DDP),
+``segmentation_batches = False`` (training batches that are not nnU-Net's, so no memory footprint to check),
+``compile_network = False`` (see there).
 
 The base does the rest once: a second loader of unlabeled batches, moving both batches to the device, autocast on
 CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer that received
 gradients, logging each term (training log and progress.png), and saving everything beyond ``self.network`` under
-the ``nnunet_semi`` key of nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so stock
-``nnUNetv2_predict`` loads the result.
+the ``nnunet_semi`` key of nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so
+stock ``nnUNetv2_predict`` loads the result.
 """
 import os
 import random
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -39,13 +45,15 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 import nnunet_semi
-from nnunet_semi.environment import temporary_env
+from nnunet_semi.data.augmenter import augmenter, stop_workers
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 from nnunet_semi.data.unlabeled import collect_unlabeled_cases
+from nnunet_semi.environment import temporary_env
 from nnunet_semi.trainers.progress import SemiLocalLogger
 
 CHECKPOINT_KEY = 'nnunet_semi'
-LossTerms = Dict[str, Tuple[float, torch.Tensor]]
+Batch = Dict[str, object]  # a loader's batch: 'data', and 'target', 'keys', ... as the loader yields them
+LossTerms = Dict[str, Tuple[Optional[float], torch.Tensor]]  # {name: (weight, loss)}; weight None: logged only
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -61,6 +69,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     single_gpu = False  # True: the method refuses multi-GPU (DDP) training with a clear error
     uses_unlabeled_data = True  # False: no unlabeled loader (unlabeled batches are None)
     segmentation_batches = True  # False: training batches are not nnU-Net's (a proxy task): no footprint to measure
+    # False: the method calls the network's parts one by one or reads its features through forward hooks, which a
+    # torch.compile'd network would bypass, so nnU-Net's torch.compile stays off
+    compile_network = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -77,8 +88,6 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
         self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
-        self.labeled_keys = []  # case identifiers of the current labeled batch
-        self.metrics: Dict[str, torch.Tensor] = {}  # values compute_losses reports besides its losses (no gradient)
         self._initial_weights = None  # the network's first weights after initialize()
         self.logger.local_logger = SemiLocalLogger.take_over(self.logger.local_logger)
 
@@ -90,12 +99,13 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         """The method's extra modules by name: moved to the device, saved and restored with the checkpoint."""
         return {}
 
-    def compute_losses(self, data: torch.Tensor, target: Union[torch.Tensor, List[torch.Tensor]],
-                       unlabeled: torch.Tensor) -> LossTerms:
-        """One iteration's forward pass and loss terms: {name: (weight, unweighted scalar loss)}.
+    def compute_losses(self, labeled: Batch, unlabeled: Optional[Batch]) -> LossTerms:
+        """One iteration's forward pass and loss terms: {name: (weight, unweighted scalar loss)}, and values that are
+        not losses as {name: (None, value)}.
 
-        data: the labeled batch (B, C, *patch); target: its segmentation (a list over deep supervision scales when
-        deep supervision is on); unlabeled: the unlabeled batch (B_u, C, *patch). All on self.device."""
+        labeled: nnU-Net's training batch, 'data' (B, C, *patch), 'target' (a list over deep supervision scales when
+        deep supervision is on), 'keys'; unlabeled: the unlabeled loader's batch, 'data' (B_u, C, *patch), 'keys' and
+        whatever else it yields, or None. Tensors on self.device."""
         raise NotImplementedError
 
     def after_optimizer_step(self) -> None:
@@ -113,10 +123,14 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         pass
 
     # ------------------------------------------------------------------ helpers for methods
-    def register_optimizer(self, name: str, optimizer: torch.optim.Optimizer, initial_lr: float) -> None:
-        """An optimizer besides self.optimizer: stepped every iteration, clipped with the rest, on nnU-Net's poly
-        schedule, saved and restored."""
-        self.semi_optimizers[name] = (optimizer, PolyLRScheduler(optimizer, initial_lr, self.num_epochs))
+    def register_optimizer(self, name: str, parameters, lr: Optional[float] = None) -> torch.optim.Optimizer:
+        """nnU-Net's SGD (its weight decay, momentum 0.99, Nesterov) for ``parameters`` besides self.optimizer, from
+        ``lr`` (default nnU-Net's initial_lr) on nnU-Net's poly schedule: stepped every iteration, clipped with the
+        rest, saved and restored."""
+        lr = self.initial_lr if lr is None else lr
+        optimizer = torch.optim.SGD(parameters, lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        self.semi_optimizers[name] = (optimizer, PolyLRScheduler(optimizer, lr, self.num_epochs))
+        return optimizer
 
     @staticmethod
     def split_batch(output, n: int):
@@ -132,6 +146,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         return output[0] if isinstance(output, (list, tuple)) else output
 
     # ------------------------------------------------------------------ set-up
+    def _do_i_compile(self):
+        return self.compile_network and super()._do_i_compile()
+
     def initialize(self):
         super().initialize()
         if self.single_gpu and self.is_ddp:
@@ -163,6 +180,18 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         cases = self.find_unlabeled_cases(num_processes)
         return self.unlabeled_augmenter(UnlabeledDataLoader, UnlabeledImages(cases), num_processes)
 
+    def unlabeled_augmenter(self, loader_class, data, num_processes: int, **kwargs):
+        """``loader_class`` on ``data`` at the unlabeled batch size through nnU-Net's training transforms
+        (data/augmenter.py)."""
+        return augmenter(self, loader_class, data, num_processes, self.batch_size_unlabeled or self.batch_size,
+                         **kwargs)
+
+    def replace_unlabeled_dataloader(self, batches) -> None:
+        """From now on the unlabeled batches come from ``batches`` (e.g. a round's pseudo-labels); the previous
+        loader's workers are stopped."""
+        stop_workers(self.dataloader_unlabeled)
+        self.dataloader_unlabeled = batches
+
     def find_unlabeled_cases(self, num_processes: int) -> Dict[str, str]:
         """Every unlabeled case of this fold (key -> file path without ending, see data/unlabeled.py), logged."""
         cases = collect_unlabeled_cases(self.preprocessed_dataset_folder_base,
@@ -175,84 +204,22 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                f'worker(s) for them')
         return cases
 
-    def unlabeled_augmenter(self, loader_class, data, num_processes: int, patch_size=None, augment: bool = True,
-                            mirror: bool = True, **loader_kwargs):
-        """``loader_class`` (nnUNetDataLoader or a subclass) on ``data`` at the unlabeled batch size, with nnU-Net's
-        training transforms exactly as for labeled batches, run in ``num_processes`` background workers (in this
-        process when 0) as nnU-Net runs its own. ``patch_size``: another patch than the planned one (the
-        augmentation's larger initial patch follows it as nnU-Net computes it); ``mirror=False``: the transforms
-        without mirroring; ``augment=False``: no transforms at all (validation batches)."""
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if patch_size is None:
-            patch_size = self.configuration_manager.patch_size
-        else:
-            initial_patch_size = list(get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25)))
-            if dummy_2d:
-                initial_patch_size[0] = patch_size[0]
-        transforms = None
-        if augment:
-            transforms = self.get_training_transforms(
-                patch_size, rotation, None, mirror_axes if mirror else None, dummy_2d,
-                use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
-                foreground_labels=self.label_manager.foreground_labels,
-                regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
-                ignore_label=self.label_manager.ignore_label)
-        else:
-            initial_patch_size = patch_size
-        loader = loader_class(data, self.batch_size_unlabeled or self.batch_size, initial_patch_size, patch_size,
-                              self.label_manager, transforms=transforms, **loader_kwargs)
-        if num_processes == 0:
-            augmenter = SingleThreadedAugmenter(loader, None)
-        else:
-            augmenter = NonDetMultiThreadedAugmenter(loader, None, num_processes, max(6, num_processes // 2),
-                                                     seeds=None, pin_memory=self.device.type == 'cuda',
-                                                     wait_time=0.002)
-        next(augmenter)
-        return augmenter
-
-    def stop_unlabeled_loader(self):
-        """End the unlabeled augmenter's background workers, if any."""
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
-            self.dataloader_unlabeled._finish()
-
     def on_train_start(self):
         super().on_train_start()
-        if self.device.type == 'cuda' and self.local_rank == 0:
-            self.check_gpu_memory(torch.cuda.get_device_properties(self.device).total_memory)
+        if self.device.type == 'cuda' and self.local_rank == 0 and self.segmentation_batches:
+            from nnunet_semi.planners.semi_planner import memory_warning  # the planner measures trainers like this one
+            warning = memory_warning(self, torch.cuda.get_device_properties(self.device).total_memory)[1]
+            if warning:
+                self.print_to_log_file(warning)
         self.on_semi_train_start(self.semi_restored)
-
-    def check_gpu_memory(self, available_bytes: int) -> float:
-        """Estimate what this trainer needs at its plans (a throw-away copy measured on the same device, see
-        planners/footprint.py) and warn in the log when it exceeds ``available_bytes``. Returns the estimate."""
-        from nnunet_semi.planners.footprint import estimate_training_memory
-        from nnunet_semi.planners.semi_planner import default_plans_name
-        if not self.segmentation_batches:
-            return 0.0
-        try:
-            need = estimate_training_memory(self)
-        except torch.cuda.OutOfMemoryError:
-            need = float('inf')
-        if need > available_bytes:
-            name, plans = self.__class__.__name__, self.plans_manager.plans_name
-            amount = 'more than the GPU holds even at batch 2' if need == float('inf') else \
-                f'about {need / 2 ** 30:.1f} GiB per step'
-            self.print_to_log_file(
-                f'WARNING: {name} needs {amount} with the plans {plans} '
-                f'({self.configuration_name}: patch {list(self.configuration_manager.patch_size)}, batch '
-                f'{self.configuration_manager.batch_size}), more than the {available_bytes / 2 ** 30:.1f} GiB '
-                f'available. Plans sized for this trainer: nnUNetv2_semi_plan_and_preprocess -d '
-                f'{self.plans_manager.dataset_name} -tr {name} -c {self.configuration_name} -p {plans} '
-                f'-gpu_memory_target {max(1, int(available_bytes / 1e9 * 0.9))}, then train with -p '
-                f'{default_plans_name(plans, name)}.')
-        return need
 
     def on_train_end(self):
         super().on_train_end()
-        self.stop_unlabeled_loader()
+        stop_workers(self.dataloader_unlabeled)
 
     # ------------------------------------------------------------------ training
-    def _optimizers(self) -> List[torch.optim.Optimizer]:
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        """nnU-Net's optimizer and every registered one."""
         return [self.optimizer] + [opt for opt, _ in self.semi_optimizers.values()]
 
     @staticmethod
@@ -274,39 +241,43 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             module.train()
         self.iteration = self.current_epoch * self.num_iterations_per_epoch
 
-    def train_step(self, batch: dict) -> dict:
-        data = batch['data'].to(self.device, non_blocking=True)
-        target = batch['target']
-        if isinstance(target, list):
-            target = [t.to(self.device, non_blocking=True) for t in target]
-        else:
-            target = target.to(self.device, non_blocking=True)
-        unlabeled = self.next_unlabeled() if self.uses_unlabeled_data else None
-        self.labeled_keys = list(batch['keys'])  # the labeled batch's case identifiers, for methods that need them
+    def to_device(self, batch: Batch) -> Batch:
+        """The batch with every tensor (and every list of tensors: deep supervision targets) on self.device."""
+        def move(value):
+            if torch.is_tensor(value):
+                return value.to(self.device, non_blocking=True)
+            if isinstance(value, list) and value and all(torch.is_tensor(v) for v in value):
+                return [v.to(self.device, non_blocking=True) for v in value]
+            return value
+        return {key: move(value) for key, value in batch.items()}
 
-        terms = self.train_iteration(data, target, unlabeled)
+    def next_unlabeled_batch(self) -> Optional[Batch]:
+        """The unlabeled loader's next batch on the device; None without one."""
+        if self.dataloader_unlabeled is None:
+            return None
+        return self.to_device(next(self.dataloader_unlabeled))
+
+    def train_step(self, batch: dict) -> dict:
+        terms = self.train_iteration(self.to_device(batch), self.next_unlabeled_batch())
         self.after_optimizer_step()
         self.iteration += 1
 
-        values = torch.stack([torch.as_tensor(v, device=self.device).detach().float() for v in
-                              [loss for _, loss in terms.values()] + list(self.metrics.values())]).cpu().numpy()
-        out = {'loss': sum(weight * value for (weight, _), value in zip(terms.values(), values))}  # one sync above
+        values = torch.stack([torch.as_tensor(loss, device=self.device).detach().float()
+                              for _, loss in terms.values()]).cpu().numpy()  # one sync for every term
+        out = {'loss': sum(weight * value for (weight, _), value in zip(terms.values(), values) if weight is not None)}
         for (name, (weight, _)), value in zip(terms.items(), values):
-            out['term_' + name] = value
-            out['weight_' + name] = float(weight)
-        for name, value in zip(self.metrics, values[len(terms):]):
-            out['metric_' + name] = value
+            if weight is None:
+                out['metric_' + name] = value
+            else:
+                out['term_' + name] = value
+                out['weight_' + name] = float(weight)
         return out
 
-    def next_unlabeled(self) -> torch.Tensor:
-        """The next unlabeled batch's images (B_u, C, *patch) on the device."""
-        return next(self.dataloader_unlabeled)['data'].to(self.device, non_blocking=True)
-
-    def train_iteration(self, data: torch.Tensor, target, unlabeled: torch.Tensor) -> LossTerms:
+    def train_iteration(self, labeled: Batch, unlabeled: Optional[Batch]) -> LossTerms:
         """One iteration's optimisation; returns every loss term it computed. By default one step of every optimizer
         on the weighted sum of ``compute_losses``. A method that optimises in several steps per iteration (MASSL's
         alternation) overrides this and calls ``optimization_step`` once per step."""
-        return self.optimization_step(lambda: self.compute_losses(data, target, unlabeled), self._optimizers())
+        return self.optimization_step(lambda: self.compute_losses(labeled, unlabeled), self.optimizers())
 
     def autocast(self):
         """Mixed precision on CUDA, as nnU-Net trains; nothing on other devices."""
@@ -321,7 +292,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             opt.zero_grad(set_to_none=True)
         with self.autocast():
             terms = compute()
-            total = sum(weight * loss for weight, loss in terms.values())
+            total = sum(weight * loss for weight, loss in terms.values() if weight is not None)
         scaler = self.grad_scaler
         (total if scaler is None else scaler.scale(total)).backward()
         # an optimizer none of whose parameters took part (a head unused in this stage) is not stepped: the grad
@@ -413,3 +384,6 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         if rng['cuda'] is not None and self.device.type == 'cuda':
             torch.cuda.set_rng_state_all([s.cpu() for s in rng['cuda']])
         self.semi_restored = True
+
+
+__all__ = ['nnUNetTrainerSemi']

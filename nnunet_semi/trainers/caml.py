@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from nnunet_semi.losses.mutual import mutual_consistency, omni_correlation_loss
-from nnunet_semi.networks.caml import EmbeddingHead, choose_cma_stage, decoder_features, make_auxiliary_network
+from nnunet_semi.networks.caml import EmbeddingHead, choose_cma_stage, make_auxiliary_network
 from nnunet_semi.networks.memory_bank import LabeledEmbeddingBank
+from nnunet_semi.networks.parts import output_of
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.ramps import sigmoid_rampup
 from nnunet_semi.trainers.variants import add_short_variants, define_variant
@@ -33,6 +34,7 @@ from nnunet_semi.trainers.variants import add_short_variants, define_variant
 
 class nnUNetTrainerCAML(nnUNetTrainerSemi):
     single_gpu = True  # the method's extra networks and state are not synchronised across DDP ranks
+    compile_network = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -60,9 +62,6 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
         self.rampup_iterations = 6000
         self.rampup_fraction = 0.4
 
-    def _do_i_compile(self):
-        return False  # the decoder features are read through a forward hook, which torch.compile would not see
-
     def _build_loss(self):
         loss = super()._build_loss()
         if self.dice_only:
@@ -87,13 +86,9 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
         d, features = self.embedding_dim, encoder.output_channels[0]
         self.heads = nn.ModuleDict({'proj_V': EmbeddingHead(features, d, d), 'pred_V': EmbeddingHead(d, d, d),
                                     'proj_A': EmbeddingHead(features, d, d), 'pred_A': EmbeddingHead(d, d, d)})
-        labeled_cases = sorted(self.do_split()[0])
-        self.case_index = {k: i for i, k in enumerate(labeled_cases)}
-        self.memory = LabeledEmbeddingBank(self.label_manager.num_segmentation_heads, len(labeled_cases), d,
+        self.memory = LabeledEmbeddingBank(self.label_manager.num_segmentation_heads, self.do_split()[0], d,
                                            self.memory_cap_per_class)
-        params = list(self.model_a.parameters()) + list(self.heads.parameters())
-        self.register_optimizer('model_a', torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
-                                                           momentum=0.99, nesterov=True), self.initial_lr)
+        self.register_optimizer('model_a', list(self.model_a.parameters()) + list(self.heads.parameters()))
 
     def semi_modules(self):
         return {'model_a': self.model_a, 'heads': self.heads, 'memory': self.memory}
@@ -103,13 +98,13 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
         total = self.num_epochs * self.num_iterations_per_epoch
         return sigmoid_rampup(self.iteration, min(self.rampup_iterations, self.rampup_fraction * total))
 
-    def compute_losses(self, data, target, unlabeled):
-        n = data.shape[0]
-        x = torch.cat((data, unlabeled))  # labeled and unlabeled share one batch: CMA attends across them
+    def compute_losses(self, labeled, unlabeled):
+        n, target = labeled['data'].shape[0], labeled['target']
+        x = torch.cat((labeled['data'], unlabeled['data']))  # labeled and unlabeled share one batch: CMA attends across
         model_v = unwrap(self.network)
-        with decoder_features(model_v) as features_v:
+        with output_of(model_v.decoder.stages[-1]) as features_v:
             out_v = model_v(x)
-        with decoder_features(self.model_a) as features_a:
+        with output_of(self.model_a.decoder.stages[-1]) as features_a:
             out_a = self.model_a(x)
         logits_v, logits_a = self.full_resolution(out_v), self.full_resolution(out_a)
         ramp = self.unsupervised_ramp()
@@ -122,16 +117,16 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
         if self.use_occ:
             labels = self.full_resolution(target)[:, 0].long()
             terms['omni_correlation'] = (self.occ_weight * ramp, self.omni_correlation(
-                features_v[0], features_a[0], logits_v, logits_a, labels))
+                features_v.value, features_a.value, logits_v, logits_a, labels, labeled['keys']))
         return terms
 
-    def omni_correlation(self, features_v, features_a, logits_v, logits_a, labels):
-        """Memory update from the labeled samples (the first len(labels)), then the correlation loss on the unlabeled
-        ones; 0 (no gradient) when the memory or the agreeing unlabeled voxels lack every class."""
+    def omni_correlation(self, features_v, features_a, logits_v, logits_a, labels, keys):
+        """Memory update from the labeled samples (the first len(labels), cases ``keys``), then the correlation loss on
+        the unlabeled ones; 0 (no gradient) when the memory or the agreeing unlabeled voxels lack every class."""
         n = labels.shape[0]
         with torch.no_grad():
             pred_v, pred_a = logits_v.argmax(1), logits_a.argmax(1)
-            self.update_memory(features_v[:n], features_a[:n], pred_v[:n], pred_a[:n], labels)
+            self.update_memory(features_v[:n], features_a[:n], pred_v[:n], pred_a[:n], labels, keys)
             memory, voxels = [], []
             pred_u = pred_v[n:].flatten()
             agree = pred_u == pred_a[n:].flatten()
@@ -154,25 +149,21 @@ class nnUNetTrainerCAML(nnUNetTrainerSemi):
                                      self.normalize_embeddings)
 
     @torch.no_grad()
-    def update_memory(self, features_v, features_a, pred_v, pred_a, labels):
-        """Each labeled case of the batch overwrites its slots with the embeddings of its voxels that both networks
-        predict correctly (projection heads in eval mode, V and A averaged); a case drawn several times into the batch
-        pools its crops."""
+    def update_memory(self, features_v, features_a, pred_v, pred_a, labels, keys):
+        """Each labeled case of the batch (``keys``) overwrites its slots with the embeddings of its voxels that both
+        networks predict correctly (projection heads in eval mode, V and A averaged); a case drawn several times into
+        the batch pools its crops."""
         proj_v, proj_a = self.heads['proj_V'], self.heads['proj_A']
         proj_v.eval(), proj_a.eval()
         correct = (pred_v == labels) & (pred_a == labels)  # the ignore label is no output class: never correct
-        for case in dict.fromkeys(self.labeled_keys):
-            if case not in self.case_index:
-                raise RuntimeError(f'labeled case {case} is not in the training split this trainer started with; '
-                                   f'restart training after changing splits_final.json')
-            samples = [i for i, k in enumerate(self.labeled_keys) if k == case]
+        for case, samples in self.memory.samples_by_case(list(keys)).items():
             rows_v, rows_a = voxel_rows(features_v[samples]), voxel_rows(features_a[samples])
             for c in range(self.label_manager.num_segmentation_heads):
                 idx = torch.nonzero((correct[samples] & (labels[samples] == c)).flatten()).flatten()
                 idx = idx[torch.randperm(idx.numel(), device=idx.device)[:self.memory.per_case]]
                 embedding = (proj_v(rows_v[idx].float()) + proj_a(rows_a[idx].float())) / 2 if idx.numel() else \
                     rows_v.new_zeros((0, self.embedding_dim))
-                self.memory.write(self.case_index[case], c, embedding)
+                self.memory.write(case, c, embedding)
         proj_v.train(), proj_a.train()
 
     def on_train_epoch_end(self, train_outputs):

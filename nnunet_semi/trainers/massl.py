@@ -28,6 +28,7 @@ from nnunet_semi.trainers.variants import add_short_variants, define_variant
 
 class nnUNetTrainerMASSL(nnUNetTrainerSemi):
     single_gpu = True  # the reconstruction decoder and its optimizer are not wrapped in DDP
+    compile_network = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -37,9 +38,6 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         self.segmentation_weight = 0.9  # joint: lambda, and 1 - lambda on the reconstruction
         self.attention = True  # False: reconstruct the plain image (no-attention ablation)
         self.reconstruct_labeled = False  # True: labeled images are reconstructed too, attended by ground truth
-
-    def _do_i_compile(self):
-        return False  # the encoder and the two decoders are called one by one
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
@@ -56,8 +54,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
             lr = self.initial_lr * self.reconstruction_lr_factor
         else:  # D_R next to nnU-Net's optimizer of E + D_S: together one SGD over everything
             params, lr = list(self.reconstruction_decoder.parameters()), self.initial_lr
-        self.register_optimizer('reconstruction', torch.optim.SGD(
-            params, lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True), lr)
+        self.register_optimizer('reconstruction', params, lr)
         self.print_to_log_file(f'MASSL: {"alternating" if self.alternating else "joint"} training, reconstruction '
                                f'decoder with {n_maps} x {self.num_input_channels} outputs, '
                                f'{"attention" if self.attention else "no attention"}')
@@ -87,14 +84,15 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
     def labels_to_reconstruct(self, target):
         return self.full_resolution(target) if self.reconstruct_labeled else None
 
-    def train_iteration(self, data, target, unlabeled):
+    def train_iteration(self, labeled, unlabeled):
         if not self.alternating:
-            return super().train_iteration(data, target, unlabeled)
+            return super().train_iteration(labeled, unlabeled)
+        data, target = labeled['data'], labeled['target']
         # 1. labeled step: E + D_S learn to segment
         terms = self.optimization_step(lambda: {'segmentation': (1.0, self.loss(self.network(data), target))},
                                        [self.optimizer])
         # 2. unlabeled step: E + D_R learn to reconstruct the attended images, D_S stays as it is
-        images = torch.cat((data, unlabeled)) if self.reconstruct_labeled else unlabeled
+        images = torch.cat((data, unlabeled['data'])) if self.reconstruct_labeled else unlabeled['data']
 
         def reconstruction():
             segmentation, reconstruction = self.segment_and_reconstruct(images)
@@ -105,16 +103,15 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
             terms.update(self.optimization_step(reconstruction, [self.semi_optimizers['reconstruction'][0]]))
         return terms
 
-    def compute_losses(self, data, target, unlabeled):  # joint training: one pass over both batches
-        n = data.shape[0]
-        x = torch.cat((data, unlabeled))
+    def compute_losses(self, labeled, unlabeled):  # joint training: one pass over both batches
+        n, target = labeled['data'].shape[0], labeled['target']
+        x = torch.cat((labeled['data'], unlabeled['data']))
         first = 0 if self.reconstruct_labeled else n  # the images to reconstruct are x[first:]
         segmentation, reconstruction = self.segment_and_reconstruct(x, first)
         return {'segmentation': (self.segmentation_weight, self.loss(self.split_batch(segmentation, n)[0], target)),
                 'reconstruction': (1 - self.segmentation_weight, self.reconstruction_loss(
                     x[first:], self.full_resolution(segmentation)[first:], reconstruction,
                     self.labels_to_reconstruct(target)))}
-
 
 class nnUNetTrainerMASSLJoint(nnUNetTrainerMASSL):
     """MASSL with joint training: one step on 0.9 L_S + 0.1 L_R (the poster's "MASSL (0.9)")."""

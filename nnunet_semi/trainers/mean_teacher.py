@@ -48,15 +48,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         length = self.consistency_rampup * self.num_epochs * self.num_iterations_per_epoch
         return self.consistency_weight * sigmoid_rampup(self.iteration, length)
 
-    def compute_losses(self, data, target, unlabeled):
-        n = data.shape[0]
+    def compute_losses(self, labeled, unlabeled):
+        n, images = labeled['data'].shape[0], unlabeled['data']
         student_labeled, student_unlabeled = self.split_batch(
-            self.network(torch.cat((data, self.perturb(unlabeled)))), n)
+            self.network(torch.cat((labeled['data'], self.perturb(images)))), n)
         with torch.no_grad():
-            teacher_unlabeled = self.teacher(self.perturb(unlabeled))
+            teacher_unlabeled = self.teacher(self.perturb(images))
         consistency = softmax_mse(self.full_resolution(student_unlabeled), self.full_resolution(teacher_unlabeled),
                                   self.label_manager.has_regions)
-        return {'supervised': (1.0, self.loss(student_labeled, target)),
+        return {'supervised': (1.0, self.loss(student_labeled, labeled['target'])),
                 'consistency': (self.consistency_weight_now(), consistency)}
 
     def after_optimizer_step(self):

@@ -69,6 +69,7 @@ def contrastive_pairs(n_labeled: int, n_unlabeled: int) -> List[Tuple[int, int]]
 
 class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
     single_gpu = True  # pseudo-labels are predicted by one process
+    compile_network = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -84,14 +85,10 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.pseudo_label_mirroring = False  # nnU-Net's test-time mirroring for pseudo-labels (2^axes times slower)
         self.warmup_epochs = None  # decided at the start of training, kept in the checkpoint
         self.round = 0  # 0: warm-up
-        self.pseudo_target = None  # the pseudo-labels of the current unlabeled batch
         self.unlabeled_cases = {}
         self.pseudo_label_folder = pseudo_labels.run_folder(  # this run's rounds (data/pseudo_labels.py)
             self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,
             self.__class__.__name__, self.plans_manager.plans_name, fold)
-
-    def _do_i_compile(self):
-        return False  # the contrastive loss reads the last decoder stage through a forward hook
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
@@ -100,9 +97,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
                                f'defines regions. Set confidence_threshold = None for this dataset.')
         encoder = unwrap(self.network).encoder
         self.projection_head = ProjectionHead(encoder.output_channels[0], encoder.conv_op, self.projection_dim)
-        self.register_optimizer('projection_head', torch.optim.SGD(
-            self.projection_head.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-            nesterov=True), self.initial_lr)
+        self.register_optimizer('projection_head', self.projection_head.parameters())
 
     def semi_modules(self):
         return {'projection_head': self.projection_head}
@@ -122,7 +117,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
     # ------------------------------------------------------------------ stages
     def get_unlabeled_dataloader(self, num_processes: int):
         self.unlabeled_cases = self.find_unlabeled_cases(num_processes)
-        return None  # each round starts a loader over its own pseudo-labels
+        return None  # no unlabeled batches in the warm-up; each round starts a loader over its own pseudo-labels
 
     def on_semi_train_start(self, resumed: bool):
         if not resumed:
@@ -167,11 +162,10 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.set_deep_supervision_enabled(self.enable_deep_supervision)
         self.print_to_log_file(f'Round {r}: {written} pseudo-labels written in {time() - start:.1f} s')
 
-        self.stop_unlabeled_loader()
-        self.dataloader_unlabeled = self.unlabeled_augmenter(
+        self.replace_unlabeled_dataloader(self.unlabeled_augmenter(
             PseudoLabeledDataLoader, cases, self.num_unlabeled_processes,
             oversample_foreground_percent=self.oversample_foreground_percent,
-            probabilistic_oversampling=self.probabilistic_oversampling)
+            probabilistic_oversampling=self.probabilistic_oversampling))
         self.round = r
 
     @torch.no_grad()
@@ -187,13 +181,6 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         return segmentation.numpy()[None]
 
     # ------------------------------------------------------------------ one iteration
-    def next_unlabeled(self):
-        if self.dataloader_unlabeled is None:  # warm-up: labeled cases only
-            return None
-        batch = next(self.dataloader_unlabeled)
-        self.pseudo_target = self.full_resolution(batch['target']).to(self.device, non_blocking=True)
-        return batch['data'].to(self.device, non_blocking=True)
-
     def contrastive_classes(self, target: torch.Tensor) -> torch.Tensor:
         """(B, *spatial) classes for L_local from a full-resolution target: 0 background, c for label (or region) c,
         -1 excluded (the ignore label, uncertain pseudo-labels). A pixel in several regions takes the last."""
@@ -205,21 +192,20 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         classes = target[:, 0].long()
         return classes.masked_fill((classes < 0) | (classes >= self.num_contrastive_classes), -1)
 
-    def compute_losses(self, data, target, unlabeled):
-        if unlabeled is None:
-            return {'supervised': (1.0, self.loss(self.network(data), target)),
+    def compute_losses(self, labeled, unlabeled):
+        if unlabeled is None:  # warm-up: labeled cases only
+            return {'supervised': (1.0, self.loss(self.network(labeled['data']), labeled['target'])),
                     'contrastive': (0.0, torch.zeros((), device=self.device))}
-        n = data.shape[0]
+        n, target = labeled['data'].shape[0], labeled['target']
         with output_of(unwrap(self.network).decoder.stages[-1]) as features:
-            output = self.network(torch.cat((data, unlabeled)))
+            output = self.network(torch.cat((labeled['data'], unlabeled['data'])))
         embeddings = self.projection_head(features.value)
         classes = torch.cat((self.contrastive_classes(self.full_resolution(target)),
-                             self.contrastive_classes(self.pseudo_target)))
+                             self.contrastive_classes(self.full_resolution(unlabeled['target']))))  # pseudo-labels
         contrastive = local_contrastive_loss(embeddings, classes, self.num_contrastive_classes,
-                                             contrastive_pairs(n, unlabeled.shape[0]), self.anchors_per_class,
+                                             contrastive_pairs(n, unlabeled['data'].shape[0]), self.anchors_per_class,
                                              self.temperature)
         return {'supervised': (1.0, self.loss(self.split_batch(output, n)[0], target)),
                 'contrastive': (self.contrastive_weight, contrastive)}
-
 
 __all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals())

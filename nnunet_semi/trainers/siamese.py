@@ -35,6 +35,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from nnunet_semi.data.augmenter import augmenter
 from nnunet_semi.data.proxy import LEFT_RIGHT, OCTANTS, ProxyCases, RegionPatchLoader, RegionSplit, proxy_patch_size
 from nnunet_semi.data.unlabeled import UnlabeledDataError, collect_unlabeled_cases
 from nnunet_semi.losses.siamese import siamese_contrastive_loss
@@ -103,10 +104,10 @@ class nnUNetTrainerSiamesePretrain(nnUNetTrainerSemi):
                                    f'{train_split.axis} instead of left/right')
 
         n_proc = get_allowed_n_proc_DA()
-        train_loader = self.unlabeled_augmenter(RegionPatchLoader, train, n_proc, self.proxy_patch_size,
-                                                mirror=False, split=train_split)  # mirroring would swap sides
-        val_loader = self.unlabeled_augmenter(RegionPatchLoader, val, max(1, n_proc // 2) if n_proc else 0,
-                                              self.proxy_patch_size, augment=False, split=val_split)
+        train_loader = augmenter(self, RegionPatchLoader, train, n_proc, self.batch_size, self.proxy_patch_size,
+                                 mirror=False, split=train_split)  # mirroring would swap sides
+        val_loader = augmenter(self, RegionPatchLoader, val, max(1, n_proc // 2) if n_proc else 0, self.batch_size,
+                               self.proxy_patch_size, augment=False, split=val_split)
         return train_loader, val_loader
 
     def region_split(self, cases: ProxyCases) -> RegionSplit:
@@ -117,15 +118,14 @@ class nnUNetTrainerSiamesePretrain(nnUNetTrainerSemi):
         """(contrastive loss, pair accuracy) over every pair of the batch."""
         return siamese_contrastive_loss(self.embedding(images), regions, self.margin, self.same_distance)
 
-    def compute_losses(self, data, target, unlabeled):
-        loss, accuracy = self.proxy_loss(data, target)  # target: the region of each patch
-        self.metrics['proxy_accuracy'] = accuracy
-        return {'contrastive': (1.0, loss)}
+    def compute_losses(self, labeled, unlabeled):  # labeled: image patches, labeled by their region
+        loss, accuracy = self.proxy_loss(labeled['data'], labeled['region'])
+        return {'contrastive': (1.0, loss), 'proxy_accuracy': (None, accuracy)}
 
     def validation_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
         with self.autocast():
-            loss, accuracy = self.proxy_loss(data, batch['target'].to(self.device))
+            loss, accuracy = self.proxy_loss(data, batch['region'].to(self.device))
         return {'loss': loss.item(), 'accuracy': accuracy.item()}
 
     def on_validation_epoch_end(self, val_outputs):
@@ -187,8 +187,8 @@ class nnUNetTrainerSiameseFinetune(nnUNetTrainerSemi):
         self.loss = with_weights(self.loss, w, 1 - w)  # nnU-Net's validation loss follows the schedule too
         self.print_to_log_file(f'loss weights: CE {w:.3f}, Dice {1 - w:.3f}')
 
-    def compute_losses(self, data, target, unlabeled):
-        output = self.network(data)
+    def compute_losses(self, labeled, unlabeled):
+        output, target = self.network(labeled['data']), labeled['target']
         w = self.ce_weight(self.current_epoch)
         return {'ce': (w, self.ce_term(output, target)), 'dice': (1 - w, self.dice_term(output, target))}
 

@@ -30,6 +30,7 @@ from nnunet_semi.trainers.variants import add_short_variants
 
 class nnUNetTrainerSSCL(nnUNetTrainerSemi):
     single_gpu = True  # its two-pass forward bypasses the DDP wrapper
+    compile_network = False
     fusion = 'gff'  # a class attribute: nnU-Net's predictor builds the network from the class
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -46,17 +47,14 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
                                                         num_output_channels, enable_deep_supervision)
         return SSCLNetwork(unet, num_input_channels, cls.fusion)
 
-    def _do_i_compile(self):
-        return False  # the two passes are called through SSCLNetwork.segment
-
     def build_semi_modules(self):
         unwrap(self.network).regions.fill_(self.label_manager.has_regions)
         self.print_to_log_file(f'SSCL: two-pass network, {self.fusion} fusion on {len(unwrap(self.network).fusions)} '
                                f'encoder levels, inpainting of {self.num_input_channels} channel(s)')
 
-    def compute_losses(self, data, target, unlabeled):
-        n = data.shape[0]
-        x = torch.cat((data, unlabeled))
+    def compute_losses(self, labeled, unlabeled):
+        n = labeled['data'].shape[0]
+        x = torch.cat((labeled['data'], unlabeled['data']))
         network = unwrap(self.network)
         segmentation, fused = network.segment(x)
         first = 0 if self.inpaint_labeled else n  # the images to inpaint are x[first:]
@@ -64,7 +62,8 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
         scales = segmentation if isinstance(segmentation, (list, tuple)) else [segmentation]
         masks = [foreground(s[first:].detach(), network.regions) for s in scales]
         scale_weights = getattr(self.loss, 'weight_factors', [1.0])  # nnU-Net's deep supervision weights
-        return {'segmentation': (self.segmentation_weight, self.loss(self.split_batch(segmentation, n)[0], target)),
+        supervised = self.loss(self.split_batch(segmentation, n)[0], labeled['target'])
+        return {'segmentation': (self.segmentation_weight, supervised),
                 'inpainting': (self.inpainting_weight, inpainting_loss(
                     inpaintings, x[first:], masks, scale_weights))}
 

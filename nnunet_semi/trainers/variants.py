@@ -36,12 +36,23 @@ def define_variant(base: type, name: str, namespace: dict, mixins: tuple = (), *
     return cls
 
 
+def schedule_name(trainer: str, epochs) -> str:
+    """The trainer class with that schedule (a number of epochs, or 'smoke'), named as nnU-Net names its own
+    (``nnUNetTrainer_20epochs``); nnU-Net's default 1000 epochs is the trainer itself."""
+    epochs = str(epochs)
+    if epochs == '1000':
+        return trainer
+    if epochs == 'smoke':
+        return f'{trainer}_smoke'
+    return f'{trainer}_{epochs}epoch' + ('' if epochs == '1' else 's')
+
+
 def add_short_variants(base: type, namespace: dict, epochs=EPOCHS, smoke: bool = True) -> list:
     """Define the short variants of ``base`` in ``namespace`` (a module's globals(), so that they pickle by name)
     and return their names."""
-    variants = {f'{base.__name__}_{e}epoch{"s" if e > 1 else ""}': {'num_epochs': e} for e in epochs}
+    variants = {schedule_name(base.__name__, e): {'num_epochs': e} for e in epochs}
     if smoke:
-        variants[f'{base.__name__}_smoke'] = SMOKE
+        variants[schedule_name(base.__name__, 'smoke')] = SMOKE
     for name, settings in variants.items():
         define_variant(base, name, namespace, (NoTestTimeMirroring,) if settings is SMOKE else (), **settings)
     return list(variants)
