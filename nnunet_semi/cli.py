@@ -6,6 +6,7 @@
     nnunet_semi export         write a trained model as a stock nnU-Net model folder (predicts without the plugin)
     nnunet_semi overhead       time, FLOPs and memory of each semi trainer relative to stock nnUNetTrainer
     nnunet_semi curves         validation pseudo Dice per epoch of several trainings: one plot and a table
+    nnunet_semi check-images   every NIfTI file of a raw dataset whole (a truncated .nii.gz reads as zeros)
 """
 import argparse
 import os
@@ -46,6 +47,10 @@ def main(argv=None):
     curves.add_arguments(sub.add_parser('curves', help='validation pseudo Dice per epoch of several trainings',
                                         description=curves.__doc__,
                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from nnunet_semi.data import image_check
+    image_check.add_arguments(sub.add_parser('check-images', help='check that no NIfTI file of a raw dataset is cut '
+                                             'off', description=image_check.__doc__,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == 'ext-path':
         print(ext_path())
@@ -63,6 +68,8 @@ def main(argv=None):
         overhead.run(args)
     elif args.command == 'curves':
         curves.run(args)
+    elif args.command == 'check-images':
+        image_check.run(args)
 
 
 if __name__ == '__main__':

@@ -99,3 +99,42 @@ def test_unlabeled_loader_2d_patches(tmp_path):
     lm = LabelManager({'background': 0, 'a': 1}, None)
     dl = UnlabeledDataLoader(UnlabeledImages(cases), 4, (24, 24), (16, 16), lm)
     assert dl.generate_train_batch()['data'].shape == (4, 2, 24, 24)
+
+
+def test_raw_images_never_preprocessed_name_the_command(tmp_path):
+    (tmp_path / 'preprocessed' / 'nnUNetPlans_2d').mkdir(parents=True)
+    raw = tmp_path / 'raw' / 'imagesUnlabeled'
+    raw.mkdir(parents=True)
+    for i in range(3):
+        (raw / f'u{i}_0000.nii.gz').write_bytes(b'')
+    with pytest.raises(UnlabeledDataError, match=r'The 3 file\(s\) in .*imagesUnlabeled were never preprocessed for '
+                                                 r'this training .*nnUNetPlans_2d_unlabeled holds no case\)\. Run '
+                                                 r'nnUNetv2_semi_preprocess -d D -c 2d -p P, then train again'):
+        collect_unlabeled_cases(str(tmp_path / 'preprocessed'), 'nnUNetPlans_2d', 0, str(tmp_path / 'raw'),
+                                'nnUNetv2_semi_preprocess -d D -c 2d -p P')
+
+
+def _nifti(path, shape=(6, 8, 10)):
+    image = sitk.GetImageFromArray(np.arange(np.prod(shape), dtype=np.float32).reshape(shape))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_a_cut_off_nifti_file_is_found(tmp_path):
+    from nnunet_semi.data.image_check import check_image_file
+    whole_gz, whole = _nifti(tmp_path / 'a_0000.nii.gz'), _nifti(tmp_path / 'b_0000.nii')
+    assert check_image_file(str(whole_gz)) is None and check_image_file(str(whole)) is None
+    cut_gz = tmp_path / 'c_0000.nii.gz'
+    cut_gz.write_bytes(whole_gz.read_bytes()[:len(whole_gz.read_bytes()) // 2])
+    # SimpleITK reads it without a word, the missing half as zeros: the reason for the check
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(cut_gz)))
+    assert read.shape == (6, 8, 10) and (read == 0).mean() > 0.4
+    assert check_image_file(str(cut_gz)) == (f'{cut_gz} is truncated or corrupt: its gzip stream ends early '
+                                             f'(Compressed file ended before the end-of-stream marker was reached). '
+                                             f'Copy or export it again.')
+    cut = tmp_path / 'd_0000.nii'
+    cut.write_bytes(whole.read_bytes()[:-100])  # 480 float32 voxels after a 352-byte header: 2272 bytes
+    assert whole.stat().st_size == 352 + 480 * 4
+    assert check_image_file(str(cut)) == (f'{cut} is truncated: it holds 2172 bytes, its header (shape (10, 8, 6), '
+                                          f'float32) needs 2272. Copy or export it again.')
+    assert check_image_file(str(tmp_path / 'other.png')) is None  # other formats: nnU-Net's reader alone

@@ -46,18 +46,28 @@ def test_semi_preprocess_errors_name_the_file_and_lose_nothing(tiny_dataset, unl
     unlabeled_raw = tiny_dataset['raw'] / 'imagesUnlabeled'
     clash = unlabeled_raw / 'case_000_0000.nii.gz'
     bad = unlabeled_raw / 'unl_bad_0000.nii.gz'
+    cut = unlabeled_raw / 'unl_cut_0000.nii.gz'
     try:
         clash.write_bytes((tiny_dataset['raw'] / 'imagesTr' / 'case_000_0000.nii.gz').read_bytes())
         out = run(['nnUNetv2_semi_preprocess', '-d', d, '-c', '3d_fullres', '-p', SMALL], env, ok=False)
         assert 'case_000' in out and 'clash with labeled cases' in out
         clash.unlink()
         bad.write_bytes(b'this is not a NIfTI file')
+        whole = (unlabeled_raw / 'unl_000_0000.nii.gz').read_bytes()
+        cut.write_bytes(whole[:len(whole) // 2])  # an interrupted copy: SimpleITK would read half zeros
         out = run(['nnUNetv2_semi_preprocess', '-d', d, '-c', '3d_fullres', '-p', SMALL], env, ok=False)
-        assert f'could not preprocess {bad}' in out and 'Fix or remove these files' in out
+        assert '2 unlabeled case(s) failed' in out and 'Fix or remove these files' in out
+        assert f'{bad} could not be read as NIfTI' in out
+        assert f'{cut} is truncated or corrupt: its gzip stream ends early' in out
+        checked = run(['nnunet_semi', 'check-images', '-d', d, '--no_pbar'], env, ok=False)
+        assert 'ERROR: 2 of 32 image files are bad' in checked and f'{cut} is truncated' in checked
     finally:
-        for f in (clash, bad):
+        for f in (clash, bad, cut):
             f.unlink(missing_ok=True)
     assert len(committed_cases(str(unlabeled_3d))) == 8  # nothing already preprocessed was lost
+    assert 'unl_cut' not in ' '.join(committed_cases(str(unlabeled_3d)))
+    assert '30 image files in imagesTr, labelsTr, imagesTs, imagesUnlabeled' in \
+        run(['nnunet_semi', 'check-images', '-d', d, '--no_pbar'], env)
 
 
 def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabeled_3d, tmp_path):
@@ -65,7 +75,7 @@ def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabele
     run(train_cmd(ds, '3d_fullres', 0, MT), ds['env'])
     folder = model_folder(ds, MT, '3d_fullres', 0)
     log = newest_log(folder)
-    assert 'Unlabeled cases: 8 (8 from imagesUnlabeled, 0 with labels hidden' in log
+    assert 'Unlabeled cases: 8 (8 preprocessed unlabeled images, 0 with labels hidden' in log
     assert log.count('loss terms: supervised') == 3 and 'consistency' in log
     assert (folder / 'progress.png').is_file() and (folder / 'validation' / 'summary.json').is_file()
 
@@ -117,8 +127,12 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
 def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
     shutil.rmtree(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled', ignore_errors=True)  # whatever ran before
-    out = run(train_cmd(ds, '2d', 0, MT), ds['env'], ok=False)
-    assert 'No unlabeled data for this training' in out and 'nnUNetv2_semi_preprocess' in out
+    # with augmentation workers, as a user trains: the error naming the fix is the last thing printed
+    out = run(train_cmd(ds, '2d', 0, MT), {**ds['env'], 'nnUNet_n_proc_DA': '2'}, ok=False)
+    assert out.strip().splitlines()[-1] == (
+        f'nnunet_semi.data.unlabeled.UnlabeledDataError: The 8 file(s) in {ds["raw"] / "imagesUnlabeled"} were never '
+        f'preprocessed for this training ({ds["preprocessed"] / "nnUNetPlans_2d_unlabeled"} holds no case). Run '
+        f'nnUNetv2_semi_preprocess -d {ds["name"]} -c 2d -p {SMALL}, then train again.')
     out = run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', '2d', '-p', SMALL, '-np', '2'], ds['env'])
     assert '8 to do' in out  # through the pool of worker processes
     assert len(committed_cases(str(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled'))) == 8

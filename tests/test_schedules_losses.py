@@ -88,3 +88,21 @@ def test_semi_logger_pads_new_terms_and_plots(tmp_path):
     assert log.term_names() == ['supervised', 'consistency']
     log.plot_progress_png(str(tmp_path))
     assert (tmp_path / 'progress.png').stat().st_size > 10000
+
+
+def test_symlog_ticks_are_numbers_and_one_legend_holds_both_axes():
+    import matplotlib.pyplot as plt
+    from nnunet_semi.trainers.progress import legend_above, symlog_with_readable_ticks
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [-0.8, -0.3, 0.004], label='supervised')
+    twin = ax.twinx()
+    twin.plot([0, 1, 2], [0.1, 0.5, 1.0], label='weight')
+    symlog_with_readable_ticks(ax)
+    legend_above(ax, twin)
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    labels = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high]
+    assert {'-0.5', '-0.2', '-0.1', '0'} <= set(labels), labels  # not a lone 10^0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['supervised', 'weight']
+    assert twin.get_legend() is None
+    plt.close(fig)

@@ -22,6 +22,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
+from nnunet_semi.data.image_check import check_image_file
 from nnunet_semi.data.unlabeled import UnlabeledDataError, committed_cases, exit_on_data_error, \
     find_raw_unlabeled_cases, preprocessed_unlabeled_folder, write_case_atomically
 
@@ -52,6 +53,10 @@ def _preprocess_case(item):
     """Returns (case, None) on success, (case, error message) when the case could not be read or processed."""
     case, files = item
     w = _worker
+    for f in files:  # a truncated .nii.gz reads as zeros without an error
+        problem = check_image_file(f)
+        if problem is not None:
+            return case, problem
     try:
         data, _, properties = w['preprocessor'].run_case(files, None, w['plans_manager'], w['configuration_manager'],
                                                           w['dataset_json'])

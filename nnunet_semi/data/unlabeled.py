@@ -11,7 +11,7 @@ import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
     write_pickle
@@ -122,21 +122,30 @@ def hidden_label_cases(preprocessed_dataset_folder: str, fold) -> List[str]:
     return list(splits[int(fold)].get('unlabeled', []))
 
 
-def collect_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: str, fold) -> Dict[str, str]:
+def collect_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: str, fold,
+                            raw_dataset_folder: Optional[str] = None, preprocess_command: str = '') -> Dict[str, str]:
     """Every unlabeled case a semi trainer of this fold may use: key -> file path without ending.
 
     Keys are ``<identifier>`` for images from imagesUnlabeled and ``hidden:<identifier>`` for hidden labels, so the
-    two sources can never collide. Raises UnlabeledDataError, naming both sources and their fix, when there is none.
-    """
+    two sources can never collide. Raises UnlabeledDataError when there is none: naming ``preprocess_command`` when
+    ``raw_dataset_folder``'s imagesUnlabeled/ holds images that were never preprocessed, else both sources and their
+    fix."""
     labeled_folder = join(preprocessed_dataset_folder, data_identifier)
     unlabeled_folder = preprocessed_unlabeled_folder(preprocessed_dataset_folder, data_identifier)
     cases = {c: join(unlabeled_folder, c) for c in committed_cases(unlabeled_folder)}
     cases.update({'hidden:' + c: join(labeled_folder, c) for c in hidden_label_cases(preprocessed_dataset_folder, fold)})
-    if len(cases) == 0:
+    if len(cases) > 0:
+        return cases
+    raw = join(raw_dataset_folder, RAW_FOLDER) if raw_dataset_folder else None
+    raw_images = [f for f in os.listdir(raw) if not f.startswith('.')] if raw and isdir(raw) else []
+    if raw_images:
         raise UnlabeledDataError(
-            f'No unlabeled data for this training: {unlabeled_folder} holds no preprocessed case and '
-            f'{join(preprocessed_dataset_folder, SPLITS_FILE)} hides no labels for fold {fold}. Either put unlabeled '
-            f'images into nnUNet_raw/<dataset>/{RAW_FOLDER}/ and run nnUNetv2_semi_preprocess -d ID -c '
-            f'{data_identifier.split("_", 1)[-1]} (with -p if you train with other plans), or hide labels with '
-            f'nnUNetv2_semi_split -d ID -n N.')
-    return cases
+            f'The {len(raw_images)} file(s) in {raw} were never preprocessed for this training ({unlabeled_folder} '
+            f'holds no case). Run {preprocess_command or "nnUNetv2_semi_preprocess -d ID -c CONFIG -p PLANS"}, '
+            f'then train again.')
+    raise UnlabeledDataError(
+        f'No unlabeled data for this training: {unlabeled_folder} holds no preprocessed case and '
+        f'{join(preprocessed_dataset_folder, SPLITS_FILE)} hides no labels for fold {fold}. Either put unlabeled '
+        f'images into nnUNet_raw/<dataset>/{RAW_FOLDER}/ and run nnUNetv2_semi_preprocess -d ID -c '
+        f'{data_identifier.split("_", 1)[-1]} (with -p if you train with other plans), or hide labels with '
+        f'nnUNetv2_semi_split -d ID -n N.')

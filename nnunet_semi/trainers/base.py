@@ -34,10 +34,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -170,10 +172,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         # the unlabeled loader's workers come out of the same nnUNet_n_proc_DA budget as the labeled ones
         budget = get_allowed_n_proc_DA()
         self.num_unlabeled_processes = budget // 2
-        with temporary_env(nnUNet_n_proc_DA=budget - self.num_unlabeled_processes):  # read when nnU-Net starts them
-            dataloader_train, dataloader_val = super().get_dataloaders()
+        # first: missing unlabeled data stops training before nnU-Net starts workers that would outlive the error
         self.dataloader_unlabeled = self.get_unlabeled_dataloader(self.num_unlabeled_processes)
-        return dataloader_train, dataloader_val
+        with temporary_env(nnUNet_n_proc_DA=budget - self.num_unlabeled_processes):  # read when nnU-Net starts them
+            return super().get_dataloaders()
 
     def get_unlabeled_dataloader(self, num_processes: int):
         """The augmenter of unlabeled batches: nnU-Net's patch sampling and training transforms on images only."""
@@ -194,12 +196,15 @@ class nnUNetTrainerSemi(nnUNetTrainer):
 
     def find_unlabeled_cases(self, num_processes: int) -> Dict[str, str]:
         """Every unlabeled case of this fold (key -> file path without ending, see data/unlabeled.py), logged."""
-        cases = collect_unlabeled_cases(self.preprocessed_dataset_folder_base,
-                                        self.configuration_manager.data_identifier, self.fold)
+        pm = self.plans_manager
+        cases = collect_unlabeled_cases(
+            self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier, self.fold,
+            join(nnUNet_raw, pm.dataset_name) if nnUNet_raw else None,
+            f'nnUNetv2_semi_preprocess -d {pm.dataset_name} -c {self.configuration_name} -p {pm.plans_name}')
         self.num_unlabeled_cases = len(cases)
         n_hidden = sum(k.startswith('hidden:') for k in cases)
-        self.print_to_log_file(f'Unlabeled cases: {len(cases)} ({len(cases) - n_hidden} from imagesUnlabeled, '
-                               f'{n_hidden} with labels hidden by nnUNetv2_semi_split); unlabeled batch size '
+        self.print_to_log_file(f'Unlabeled cases: {len(cases)} ({len(cases) - n_hidden} preprocessed unlabeled '
+                               f'images, {n_hidden} with labels hidden by nnUNetv2_semi_split); unlabeled batch size '
                                f'{self.batch_size_unlabeled or self.batch_size}; {num_processes} augmentation '
                                f'worker(s) for them')
         return cases

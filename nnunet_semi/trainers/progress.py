@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use('agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator, SymmetricalLogLocator  # noqa: E402
 from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
 
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
@@ -15,6 +16,26 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 TERM_PREFIX = 'term_'
 WEIGHT_PREFIX = 'weight_'
 METRIC_PREFIX = 'metric_'
+
+
+def legend_above(*axes) -> None:
+    """One legend above the panel for the curves of all its axes (a twin axis's own legend would cover them)."""
+    handles, labels = [], []
+    for ax in axes:
+        h, l = ax.get_legend_handles_labels()
+        handles += h
+        labels += l
+    axes[0].legend(handles, labels, loc='lower left', bbox_to_anchor=(0, 1.01), ncol=3, frameon=False)
+
+
+def symlog_with_readable_ticks(ax, linthresh: float = 1e-3) -> None:
+    """A symmetric log scale whose ticks carry numbers (1, 2 and 5 per decade, as decimals), not only powers of ten
+    that the data may never reach."""
+    ax.set_yscale('symlog', linthresh=linthresh)
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which='major', axis='y')
 
 
 class SemiLocalLogger(LocalLogger):
@@ -62,7 +83,7 @@ class SemiLocalLogger(LocalLogger):
             ax2.plot(x, log[METRIC_PREFIX + name][:epoch + 1], color=color, ls='-.', label=f'{name} (training)',
                      linewidth=3)
         ax.set_xlabel('epoch'); ax.set_ylabel('loss'); ax2.set_ylabel(self.dice_label)
-        ax.legend(loc=(0, 1)); ax2.legend(loc=(0.2, 1))
+        legend_above(ax, ax2)
 
         ax = axes[1]
         durations = [e - s for e, s in zip(log['epoch_end_timestamps'][:epoch + 1], log['epoch_start_timestamps'])]
@@ -80,9 +101,9 @@ class SemiLocalLogger(LocalLogger):
             c = colors[i % len(colors)]
             ax.plot(x, log[TERM_PREFIX + name][:epoch + 1], color=c, label=name, linewidth=4)
             ax2.plot(x, log[WEIGHT_PREFIX + name][:epoch + 1], color=c, ls='--', label=f'weight {name}', linewidth=3)
-        ax.set_yscale('symlog', linthresh=1e-2)  # Dice terms are negative
+        symlog_with_readable_ticks(ax)  # Dice terms are negative, consistency terms 1e-4 of them
         ax.set_xlabel('epoch'); ax.set_ylabel('loss term (unweighted, symmetric log scale)'); ax2.set_ylabel('weight')
-        ax.legend(loc=(0, 1)); ax2.legend(loc=(0.4, 1))
+        legend_above(ax, ax2)
 
         plt.tight_layout()
         fig.savefig(join(output_folder, 'progress.png'))
