@@ -41,7 +41,7 @@ def test_benchmark_trains_reports_and_resumes(tiny_dataset, tmp_path):
     mt_log = next(folds['mt'].glob('training_log_*.txt')).read_text()
     hidden = n_train - 2
     assert 'This split has 2 training and' in mt_log
-    assert f'Unlabeled cases: {8 + hidden} (8 from imagesUnlabeled, {hidden} with labels hidden' in mt_log
+    assert f'Unlabeled cases: {8 + hidden} (8 preprocessed unlabeled images, {hidden} with labels hidden' in mt_log
     assert (hashlib.sha256(splits.read_bytes()).hexdigest() if splits.is_file() else None) == before
 
     # the report holds these runs: their validation Dice, the gap, the budget check, per-class rows

@@ -38,7 +38,7 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
     folder = Path(env['nnUNet_results']) / 'Dataset004_Hippocampus' / f'{MT}__{SMALL}__3d_fullres' / 'fold_0'
     log = newest_log(folder)
     assert 'This split has 5 training and 52 validation cases' in log
-    assert 'Unlabeled cases: 203 (0 from imagesUnlabeled, 203 with labels hidden by nnUNetv2_semi_split)' in log
+    assert 'Unlabeled cases: 203 (0 preprocessed unlabeled images, 203 with labels hidden by nnUNetv2_semi_split)' in log
     summary = json.loads((folder / 'validation' / 'summary.json').read_text())
     assert len(summary['metric_per_case']) == 52  # nnU-Net validated the untouched validation cases
     checkpoint = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
