@@ -142,6 +142,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             return [o[:n] for o in output], [o[n:] for o in output]
         return output[:n], output[n:]
 
+    def deep_supervision_weights(self) -> List[float]:
+        """nnU-Net's weight of each deep-supervision scale in its loss (one 1.0 without deep supervision)."""
+        return list(getattr(self.loss, 'weight_factors', [1.0]))
+
     @staticmethod
     def full_resolution(output) -> torch.Tensor:
         """The full-resolution output of a network with or without deep supervision."""

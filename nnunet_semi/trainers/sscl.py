@@ -61,11 +61,10 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
         inpaintings = network.inpaint([f[first:] for f in fused])
         scales = segmentation if isinstance(segmentation, (list, tuple)) else [segmentation]
         masks = [foreground(s[first:].detach(), network.regions) for s in scales]
-        scale_weights = getattr(self.loss, 'weight_factors', [1.0])  # nnU-Net's deep supervision weights
         supervised = self.loss(self.split_batch(segmentation, n)[0], labeled['target'])
         return {'segmentation': (self.segmentation_weight, supervised),
                 'inpainting': (self.inpainting_weight, inpainting_loss(
-                    inpaintings, x[first:], masks, scale_weights))}
+                    inpaintings, x[first:], masks, self.deep_supervision_weights()))}
 
 
 class nnUNetTrainerSSCL_add(nnUNetTrainerSSCL):

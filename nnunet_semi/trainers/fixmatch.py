@@ -1,0 +1,84 @@
+"""FixMatch (Sohn et al., NeurIPS 2020), for segmentation on nnU-Net's networks and data.
+
+Each iteration, on the labeled batch and the unlabeled batch u (its weak view: nnU-Net's own augmentation):
+
+    L = L_DC+CE(labeled)  +  lambda_u  L_pl(f(A(u)), y, m)
+
+- y, m: the pseudo-label of each voxel, argmax of the network's prediction on the weak view (no gradient; or of an EMA
+  teacher's, ``ema_teacher``), and the mask of voxels whose probability reaches ``confidence_threshold`` (0.95);
+- A: a strong view (data/strong_views.py): per-sample contrast, shift, gamma, noise and blur, then CutMix of a box
+  (2-40 % of the patch, as UniMatch's) from another unlabeled sample, whose pseudo-labels and mask are mixed with the
+  same box;
+- L_pl: cross-entropy on the confident voxels at every deep-supervision scale (losses/pseudo_label.py), pseudo-labels
+  and masks downsampled as nnU-Net downsamples its targets, with nnU-Net's scale weights; lambda_u = 1, no ramp-up
+  (FixMatch's); ``class_balanced``: each confident voxel weighted by the inverse share of its pseudo-class among the
+  batch's confident voxels, so that the confident background of one labeled case does not swamp the rest.
+
+The share of confident voxels is logged beside the terms. The deployed network is nnU-Net's plain network.
+"""
+from copy import deepcopy
+
+import torch
+
+from nnunet_semi.data.strong_views import cutmix_boxes, intensity_view, mix
+from nnunet_semi.losses.pseudo_label import class_balance_weights, masked_pseudo_label_loss, pseudo_labels
+from nnunet_semi.networks.ema import ema_decay_at, ema_update
+from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.variants import add_short_variants, define_variant
+
+
+class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.confidence_threshold = 0.95  # tau
+        self.unsupervised_weight = 1.0  # lambda_u
+        self.class_balanced = True  # False: FixMatch's plain mean over the confident voxels
+        self.cutmix_probability = 1.0
+        self.cutmix_area = (0.02, 0.4)  # of the patch
+        self.ema_teacher = False  # True: pseudo-labels from an EMA of the network (Mean Teacher style)
+        self.ema_decay = 0.99
+
+    def build_semi_modules(self):
+        self.teacher = None
+        if self.ema_teacher:
+            self.teacher = deepcopy(unwrap(self.network)).requires_grad_(False)
+
+    def semi_modules(self):
+        return {} if self.teacher is None else {'teacher': self.teacher}
+
+    def on_semi_train_start(self, resumed: bool):
+        if self.teacher is not None and not resumed:  # the teacher starts as the network (maybe pretrained)
+            self.teacher.load_state_dict(unwrap(self.network).state_dict())
+
+    def after_optimizer_step(self):
+        if self.teacher is not None:
+            ema_update(self.teacher, unwrap(self.network), ema_decay_at(self.iteration, self.ema_decay))
+
+    def strong_view(self, images, labels, mask):
+        """The strong view of the unlabeled images, and the pseudo-labels and mask that go with it."""
+        boxes = cutmix_boxes(images.shape[0], images.shape[2:], self.cutmix_area, self.cutmix_probability,
+                             images.device)
+        other = torch.roll(torch.arange(images.shape[0], device=images.device), 1)  # the sample a box comes from
+        strong = intensity_view(images)
+        return mix(strong, strong[other], boxes), mix(labels, labels[other], boxes), mix(mask, mask[other], boxes)
+
+    def compute_losses(self, labeled, unlabeled):
+        regions = self.label_manager.has_regions
+        n, images = labeled['data'].shape[0], unlabeled['data']
+        with torch.no_grad():
+            weak = self.full_resolution((self.teacher or self.network)(images))
+        labels, _, mask = pseudo_labels(weak, regions, self.confidence_threshold)
+        strong, labels, mask = self.strong_view(images, labels, mask)
+        out_labeled, out_strong = self.split_batch(self.network(torch.cat((labeled['data'], strong))), n)
+        weights = class_balance_weights(labels, mask, weak.shape[1]) if self.class_balanced and not regions else None
+        return {'supervised': (1.0, self.loss(out_labeled, labeled['target'])),
+                'pseudo_label': (self.unsupervised_weight, masked_pseudo_label_loss(
+                    out_strong, labels, mask, regions, self.deep_supervision_weights(), class_weights=weights)),
+                'confident_share': (None, mask.float().mean())}
+
+
+__all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, globals())
+for _suffix, _settings in {'noBalance': {'class_balanced': False}, 'EMA': {'ema_teacher': True}}.items():
+    _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
+    __all__ += [_variant.__name__] + add_short_variants(_variant, globals())

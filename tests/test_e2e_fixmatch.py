@@ -1,0 +1,59 @@
+"""nnUNetTrainerFixMatch end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU):
+training in 3d_fullres and 2d, prediction, export to a stock model folder, the EMA-teacher variant interrupted and
+resumed, and one step on a real batch."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import (assert_predicts_and_exports_to_stock, interrupt_then_load, predict, preprocess_unlabeled,
+                      resume_to_the_end, train, trainer_from_args)
+
+pytestmark = pytest.mark.e2e
+FIXMATCH = 'nnUNetTrainerFixMatch_smoke'
+
+
+@pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
+def test_fixmatch_trains_and_predicts(tiny_dataset, tmp_path, configuration):
+    ds = tiny_dataset
+    log, ckpt = train(ds, configuration, 0, FIXMATCH)
+    assert log.count('loss terms: supervised ') == 3 and log.count('(weight 1), pseudo_label ') == 3
+    assert log.count('training metrics: confident_share ') == 3
+    share = ckpt['logging']['metric_confident_share']
+    assert len(share) == 3 and all(0.0 <= s <= 1.0 for s in share)
+    assert all(np.isfinite(ckpt['logging']['term_pseudo_label']))
+    assert set(ckpt['nnunet_semi']['modules']) == set()  # no teacher: the network labels its own weak views
+    if configuration == '3d_fullres':
+        assert_predicts_and_exports_to_stock(ds, configuration, FIXMATCH, tmp_path)
+    else:
+        predict(ds, configuration, FIXMATCH, tmp_path)
+
+
+def test_fixmatch_with_an_ema_teacher_resumes_with_it(tiny_dataset):
+    name = 'nnUNetTrainerFixMatch_EMA_smoke'
+    saved, trainer = interrupt_then_load(tiny_dataset, name, 1)
+    teacher = saved['nnunet_semi']['modules']['teacher']
+    assert all(torch.equal(trainer.teacher.state_dict()[k], v) for k, v in teacher.items())
+    assert any(not torch.equal(saved['network_weights'][k], v) for k, v in teacher.items())  # an average, not a copy
+    resume_to_the_end(tiny_dataset, name, 1, saved, 'pseudo_label')
+
+
+def test_one_step_on_a_real_batch(tiny_dataset):
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerFixMatch', 4, num_epochs=1)
+    trainer.on_train_start()
+    unlabeled = trainer.next_unlabeled_batch()
+    images = unlabeled['data']
+    # the strong view's box carries the other sample's pseudo-labels and mask along with its image
+    labels = torch.arange(images.shape[0])[:, None, None, None].expand(-1, *images.shape[2:]).clone()
+    mask = labels % 2 == 0
+    torch.manual_seed(0)
+    strong, mixed_labels, mixed_mask = trainer.strong_view(images, labels, mask)
+    assert strong.shape == images.shape and not torch.equal(strong, images)
+    moved = mixed_labels != labels  # inside the box: labels of the previous sample (torch.roll by one)
+    assert moved.any() and torch.equal(mixed_labels[moved], ((labels - 1) % images.shape[0])[moved])
+    assert torch.equal(mixed_mask, mixed_labels % 2 == 0)
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert {'term_supervised', 'term_pseudo_label', 'metric_confident_share'} <= set(out)
+    assert out['loss'] == pytest.approx(out['term_supervised'] + out['term_pseudo_label'], rel=1e-5)
+    trainer.on_train_end()
