@@ -194,14 +194,15 @@ def measure_trainer(trainer, cases, seed: int = 0, cuda_baseline: int = 0) -> Fo
     throw-away trainer). cuda_baseline: bytes allocated before the trainer was built (subtracted from the CUDA
     peak)."""
     batch = synthetic_batch(trainer, cases, seed)
-    if _is_semi(trainer):  # its unlabeled batch (with targets: pseudo-labels), the labeled cases' keys unused there
+    if _is_semi(trainer):
+        # its unlabeled batch (with targets, as pseudo-labeled batches have them), mid-training: ramped-up weights,
+        # every term computed
         unlabeled = synthetic_batch(trainer, cases, seed + 1, trainer.batch_size_unlabeled or trainer.batch_size)
         trainer.dataloader_unlabeled = itertools.repeat(unlabeled)
-    for m in _modules(trainer):
-        m.train()
-    if _is_semi(trainer):  # mid-training: ramped-up weights, every term computed
         trainer.current_epoch = trainer.num_epochs // 2
         trainer.iteration = trainer.current_epoch * trainer.num_iterations_per_epoch
+    for m in _modules(trainer):
+        m.train()
     device = trainer.device
     step = lambda: trainer.train_step(batch)
     step()  # warm-up: optimizer state, lazy buffers
