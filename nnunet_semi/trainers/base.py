@@ -135,12 +135,16 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         return optimizer
 
     @staticmethod
-    def split_batch(output, n: int):
+    def batch_slice(output, start: int, stop: Optional[int] = None):
+        """Samples start:stop of network output (a tensor, or a list over deep supervision scales)."""
+        if isinstance(output, (list, tuple)):
+            return [o[start:stop] for o in output]
+        return output[start:stop]
+
+    def split_batch(self, output, n: int):
         """Split network output (a tensor, or a list over deep supervision scales) into the first n samples and
         the rest."""
-        if isinstance(output, (list, tuple)):
-            return [o[:n] for o in output], [o[n:] for o in output]
-        return output[:n], output[n:]
+        return self.batch_slice(output, 0, n), self.batch_slice(output, n)
 
     def deep_supervision_weights(self) -> List[float]:
         """nnU-Net's weight of each deep-supervision scale in its loss (one 1.0 without deep supervision)."""

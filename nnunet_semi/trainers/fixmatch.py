@@ -63,18 +63,29 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
         strong = intensity_view(images)
         return mix(strong, strong[other], boxes), mix(labels, labels[other], boxes), mix(mask, mask[other], boxes)
 
-    def compute_losses(self, labeled, unlabeled):
-        regions = self.label_manager.has_regions
-        n, images = labeled['data'].shape[0], unlabeled['data']
+    def weak_pseudo_labels(self, images):
+        """(pseudo-labels, confidence mask) of the weak view, from the network (or the EMA teacher), no gradient."""
         with torch.no_grad():
             weak = self.full_resolution((self.teacher or self.network)(images))
-        labels, _, mask = pseudo_labels(weak, regions, self.confidence_threshold)
-        strong, labels, mask = self.strong_view(images, labels, mask)
+        labels, _, mask = pseudo_labels(weak, self.label_manager.has_regions, self.confidence_threshold)
+        return labels, mask
+
+    def pseudo_label_loss(self, output, labels, mask):
+        """L_pl of a network output (deep-supervision list or tensor) against full-resolution pseudo-labels."""
+        regions = self.label_manager.has_regions
+        weights = class_balance_weights(labels, mask, self.label_manager.num_segmentation_heads) \
+            if self.class_balanced and not regions else None
+        return masked_pseudo_label_loss(output, labels, mask, regions, self.deep_supervision_weights(),
+                                        class_weights=weights)
+
+    def compute_losses(self, labeled, unlabeled):
+        n, images = labeled['data'].shape[0], unlabeled['data']
+        labels, mask = self.weak_pseudo_labels(images)
+        strong, strong_labels, strong_mask = self.strong_view(images, labels, mask)
         out_labeled, out_strong = self.split_batch(self.network(torch.cat((labeled['data'], strong))), n)
-        weights = class_balance_weights(labels, mask, weak.shape[1]) if self.class_balanced and not regions else None
         return {'supervised': (1.0, self.loss(out_labeled, labeled['target'])),
-                'pseudo_label': (self.unsupervised_weight, masked_pseudo_label_loss(
-                    out_strong, labels, mask, regions, self.deep_supervision_weights(), class_weights=weights)),
+                'pseudo_label': (self.unsupervised_weight, self.pseudo_label_loss(out_strong, strong_labels,
+                                                                                  strong_mask)),
                 'confident_share': (None, mask.float().mean())}
 
 

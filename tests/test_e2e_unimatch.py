@@ -1,0 +1,34 @@
+"""nnUNetTrainerUniMatch end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU):
+training in 3d_fullres with prediction and export to a stock model folder, 2d, and one step on a real batch."""
+import pytest
+
+from conftest import assert_predicts_and_exports_to_stock, predict, preprocess_unlabeled, train, trainer_from_args
+
+pytestmark = pytest.mark.e2e
+UNIMATCH = 'nnUNetTrainerUniMatch_smoke'
+TERMS = ('supervised', 'strong_1', 'strong_2', 'feature_perturbed')
+
+
+@pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
+def test_unimatch_trains_and_predicts(tiny_dataset, tmp_path, configuration):
+    ds = tiny_dataset
+    log, ckpt = train(ds, configuration, 0, UNIMATCH)
+    assert log.count('loss terms: supervised ') == 3 and log.count('training metrics: confident_share ') == 3
+    assert all(len(ckpt['logging']['term_' + t]) == 3 for t in TERMS)
+    if configuration == '3d_fullres':
+        assert_predicts_and_exports_to_stock(ds, configuration, UNIMATCH, tmp_path)
+    else:
+        predict(ds, configuration, UNIMATCH, tmp_path)
+
+
+def test_the_streams_and_their_weights_on_a_real_batch(tiny_dataset):
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerUniMatch', 4, num_epochs=1)
+    trainer.on_train_start()
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert [out['weight_' + t] for t in TERMS] == [1.0, 0.25, 0.25, 0.5]
+    assert out['loss'] == pytest.approx(out['term_supervised'] + 0.25 * (out['term_strong_1'] + out['term_strong_2'])
+                                        + 0.5 * out['term_feature_perturbed'], rel=1e-5)
+    assert 0.0 <= out['metric_confident_share'] <= 1.0
+    trainer.on_train_end()
