@@ -30,7 +30,7 @@ from nnunet_semi.planners import footprint
 
 DEFAULT_TRAINERS = ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerCAML', 'nnUNetTrainerSSCL', 'nnUNetTrainerMASSL',
                     'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast', 'nnUNetTrainerSiamesePretrain',
-                    'nnUNetTrainerSiameseFinetune']
+                    'nnUNetTrainerSiameseFinetune', 'nnUNetTrainerFixMatch', 'nnUNetTrainerUniMatch']
 
 
 def _prepare_tiny(root: str) -> str:
