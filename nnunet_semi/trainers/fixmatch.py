@@ -11,8 +11,9 @@ Each iteration, on the labeled batch and the unlabeled batch u (its weak view: n
   same box;
 - L_pl: cross-entropy on the confident voxels at every deep-supervision scale (losses/pseudo_label.py), pseudo-labels
   and masks downsampled as nnU-Net downsamples its targets, with nnU-Net's scale weights; lambda_u = 1, no ramp-up
-  (FixMatch's); ``class_balanced``: each confident voxel weighted by the inverse share of its pseudo-class among the
-  batch's confident voxels, so that the confident background of one labeled case does not swamp the rest.
+  (FixMatch's); the plain mean over the confident voxels. ``class_balanced`` (``_balanced``) weights each confident
+  voxel by the inverse share of its pseudo-class among the batch's confident voxels instead: on Hippocampus with one
+  labeled case it amplified the early, wrong foreground pseudo-labels and collapsed the training (docs/fixmatch.md).
 
 The share of confident voxels is logged beside the terms. The deployed network is nnU-Net's plain network.
 """
@@ -33,7 +34,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.confidence_threshold = 0.95  # tau
         self.unsupervised_weight = 1.0  # lambda_u
-        self.class_balanced = True  # False: FixMatch's plain mean over the confident voxels
+        self.class_balanced = False  # True: inverse-frequency weights of the pseudo-classes (docs/fixmatch.md)
         self.cutmix_probability = 1.0
         self.cutmix_area = (0.02, 0.4)  # of the patch
         self.ema_teacher = False  # True: pseudo-labels from an EMA of the network (Mean Teacher style)
@@ -90,6 +91,6 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
 
 
 __all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, globals())
-for _suffix, _settings in {'noBalance': {'class_balanced': False}, 'EMA': {'ema_teacher': True}}.items():
+for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True}}.items():
     _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
     __all__ += [_variant.__name__] + add_short_variants(_variant, globals())
