@@ -59,32 +59,31 @@ def intensity_view(x: torch.Tensor, p: float = 0.8, contrast: Tuple[float, float
     out = x.float()
     mean, std = out.mean(dims, keepdim=True), out.std(dims, keepdim=True).clamp_min(1e-6)
 
-    def chosen(prob):
-        return _per_sample(torch.rand(b, device=x.device, generator=generator) < prob, out)
+    def chosen(prob):  # (B, 1, ...) bool: the samples that get a perturbation
+        return (torch.rand(b, device=x.device, generator=generator) < prob).view(-1, *([1] * (x.ndim - 1)))
 
     factor = _per_sample(_uniform(*contrast, b, x, generator), out)
-    out = torch.where(chosen(p).bool(), (out - mean) * factor + mean, out)
+    out = torch.where(chosen(p), (out - mean) * factor + mean, out)
     offset = _per_sample(_uniform(*shift, b, x, generator), out) * std
-    out = torch.where(chosen(p).bool(), out + offset, out)
+    out = torch.where(chosen(p), out + offset, out)
     low, high = out.amin(dims, keepdim=True), out.amax(dims, keepdim=True)
     span = (high - low).clamp_min(1e-6)
     g = _per_sample(_uniform(*gamma, b, x, generator), out)
-    out = torch.where(chosen(p).bool(), ((out - low) / span).clamp(0, 1) ** g * span + low, out)
+    out = torch.where(chosen(p), ((out - low) / span).clamp(0, 1) ** g * span + low, out)
     sigma = _per_sample(_uniform(*noise_std, b, x, generator), out) * std
     noise = torch.randn(out.shape, device=x.device, generator=generator) * sigma
-    out = torch.where(chosen(p).bool(), out + noise, out)
-    blur = torch.rand(b, device=x.device, generator=generator) < p_blur
+    out = torch.where(chosen(p), out + noise, out)
+    blur = chosen(p_blur)
     if bool(blur.any()):
-        blurred = gaussian_blur(out, _uniform(*blur_sigma, b, x, generator))
-        out = torch.where(_per_sample(blur, out).bool(), blurred, out)
+        out = torch.where(blur, gaussian_blur(out, _uniform(*blur_sigma, b, x, generator)), out)
     return out.to(x.dtype)
 
 
 def cutmix_boxes(batch: int, spatial: Sequence[int], area: Tuple[float, float] = (0.02, 0.4), p: float = 1.0,
                  device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(batch, *spatial) bool: per sample, with probability ``p``, one axis-aligned box whose volume is a fraction
-    of the patch drawn uniformly from ``area`` and whose side ratios are random (each side between a third and all of
-    the patch's), placed uniformly; else empty."""
+    of the patch drawn uniformly from ``area``, split into side fractions at random (each side's share of the log of
+    that fraction drawn from [0.5, 1.5] and normalised), placed uniformly; else empty."""
     masks = torch.zeros((batch, *spatial), dtype=torch.bool, device=device)
     n = len(spatial)
     for i in range(batch):
