@@ -30,7 +30,8 @@ from nnunet_semi.planners import footprint
 
 DEFAULT_TRAINERS = ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerCAML', 'nnUNetTrainerSSCL', 'nnUNetTrainerMASSL',
                     'nnUNetTrainerMASSLJoint', 'nnUNetTrainerPLContrast', 'nnUNetTrainerSiamesePretrain',
-                    'nnUNetTrainerSiameseFinetune', 'nnUNetTrainerFixMatch', 'nnUNetTrainerUniMatch']
+                    'nnUNetTrainerSiameseFinetune', 'nnUNetTrainerFixMatch', 'nnUNetTrainerUniMatch',
+                    'nnUNetTrainerBCP']
 
 
 def _prepare_tiny(root: str) -> str:

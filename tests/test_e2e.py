@@ -114,14 +114,15 @@ def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
     trainer = get_trainer_from_args(str(ds['id']), '3d_fullres', 3, MT, SMALL, False, device=torch.device('cpu'))
     trainer.initialize()
     load_pretrained_weights(trainer.network, str(stock))
-    trainer.on_semi_train_start(resumed=False)
-    unlabeled = next(trainer.get_unlabeled_dataloader(0))['data']  # the planned patch, images only
+    trainer.on_train_start()
+    unlabeled = trainer.next_unlabeled_batch()['data']  # the planned patch, images only
     assert unlabeled.shape == (trainer.batch_size, 1, *trainer.configuration_manager.patch_size)
     pretrained = torch.load(stock, map_location='cpu', weights_only=False)['network_weights']
     for k, v in trainer.teacher.state_dict().items():
         assert torch.equal(v, trainer.network.state_dict()[k])
         if '.seg_layers.' not in k:  # nnU-Net does not transfer the segmentation heads
             assert torch.equal(v, pretrained[k]), k
+    trainer.on_train_end()
 
 
 def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path):

@@ -1,9 +1,13 @@
-"""Weak-to-strong self-training parts on tiny tensors: strong views, CutMix boxes, the masked pseudo-label loss."""
+"""Weak-to-strong self-training parts on tiny tensors: strong views, CutMix and copy-paste boxes, the masked
+pseudo-label loss, BCP's mixing both ways and its largest-component pseudo-labels."""
 import pytest
 import torch
 
-from nnunet_semi.data.strong_views import FeatureDropout, cutmix_boxes, gaussian_blur, intensity_view, mix
-from nnunet_semi.losses.pseudo_label import class_balance_weights, masked_pseudo_label_loss, pseudo_labels
+from nnunet_semi.data.strong_views import (FeatureDropout, copy_paste_box, cutmix_boxes, gaussian_blur,
+                                           intensity_view, mix)
+from nnunet_semi.losses.pseudo_label import (class_balance_weights, largest_component, masked_pseudo_label_loss,
+                                             pseudo_labels)
+from nnunet_semi.trainers.bcp import copy_paste_both_ways
 
 
 def test_a_cutmix_box_mixes_image_target_and_confidence_alike():
@@ -113,3 +117,46 @@ def test_class_balance_weights_by_hand():
     assert w.tolist() == pytest.approx([8 / (2 * 6), 8 / (2 * 2), 0.0])  # 6 and 2 confident voxels, 2 classes
     assert (w[labels[mask]]).sum().item() == pytest.approx(8.0)  # the weights sum to the confident voxels
     assert class_balance_weights(labels, torch.zeros_like(mask), 3).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_copy_paste_box_is_one_box_of_two_thirds_of_each_side():
+    torch.manual_seed(0)
+    box = copy_paste_box(3, (9, 12))
+    assert box.shape == (3, 9, 12) and torch.equal(box[0], box[1]) and torch.equal(box[0], box[2])
+    rows, cols = box[0].any(1).nonzero().flatten(), box[0].any(0).nonzero().flatten()
+    assert (len(rows), len(cols)) == (6, 8) and box[0].sum() == 48
+    assert copy_paste_box(2, (4, 5, 6)).sum() == 2 * 2 * 3 * 4  # int(2/3 * side) in 3d
+
+
+def test_copy_paste_both_ways_by_hand():
+    box = torch.zeros(4, 3, 3, dtype=torch.bool)
+    box[:, 1:, 1:] = True
+    labeled = (torch.ones(4, 1, 3, 3), torch.full((4, 3, 3), 1))  # images, labels
+    unlabeled = (torch.zeros(4, 1, 3, 3), torch.full((4, 3, 3), 2))
+    labeled[0][:, 0, 0, 0] = torch.arange(4) + 10.0  # tells the samples apart
+    unlabeled[0][:, 0, 0, 0] = -torch.arange(4) - 10.0
+    (x_in, y_in), (x_out, y_out), half_box = copy_paste_both_ways(labeled, unlabeled, box)
+    assert x_in.shape == x_out.shape == (2, 1, 3, 3) and half_box.shape == (2, 3, 3)
+    # in: unlabeled a (samples 0, 1) outside the box, labeled a inside; out: labeled b (2, 3) outside, unlabeled inside
+    assert torch.equal(x_in[:, 0, 0, 0], torch.tensor([-10.0, -11.0])) and (x_in[:, 0, 1:, 1:] == 1).all()
+    assert torch.equal(x_out[:, 0, 0, 0], torch.tensor([12.0, 13.0])) and (x_out[:, 0, 1:, 1:] == 0).all()
+    assert torch.equal(y_in == 1, half_box) and torch.equal(y_out == 2, half_box)
+    # one sample: the one pair is mixed both ways
+    (x_in, _), (x_out, _), _ = copy_paste_both_ways(tuple(t[:1] for t in labeled), tuple(t[:1] for t in unlabeled), box)
+    assert x_in[0, 0, 0, 0] == -10.0 and x_out[0, 0, 0, 0] == 10.0
+
+
+def test_largest_component_keeps_each_class_biggest_blob():
+    labels = torch.tensor([[[1, 1, 0, 1],
+                            [1, 0, 0, 0],
+                            [0, 2, 0, 2],
+                            [0, 2, 0, 2]]])
+    expected = torch.tensor([[[1, 1, 0, 0],
+                              [1, 0, 0, 0],
+                              [0, 2, 0, 0],
+                              [0, 2, 0, 0]]])  # of two equal blobs the first is kept
+    assert torch.equal(largest_component(labels, regions=False), expected)
+    regions = torch.stack([labels == 1, labels > 0], 1).float()  # (B, R, ...): region 2 is every foreground voxel
+    kept = largest_component(regions, regions=True)
+    assert torch.equal(kept[:, 0], (expected == 1).float())
+    assert torch.equal(kept[:, 1], (expected == 1).float())  # the foreground's biggest blob is class 1's (3 voxels)

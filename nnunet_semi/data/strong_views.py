@@ -10,6 +10,7 @@ supervises the strong one.
   copy rescaled to [0, 1] and scaled back, Gaussian noise, Gaussian blur; each applied with its own probability.
 - ``cutmix_boxes`` / ``mix``: one random box per sample (its volume a fraction of the patch) and the mixing of
   anything with the same box: images, pseudo-labels, confidences, deep-supervision targets at any scale.
+- ``copy_paste_box``: bidirectional copy-paste's box (BCP), one per batch, a fixed share of each side.
 - ``FeatureDropout``: channel dropout on encoder features (UniMatch's feature-perturbed stream).
 """
 from typing import Optional, Sequence, Tuple
@@ -97,6 +98,17 @@ def cutmix_boxes(batch: int, spatial: Sequence[int], area: Tuple[float, float] =
         lows = [int(torch.randint(0, size - k + 1, (1,), generator=generator)) for k, size in zip(box, spatial)]
         masks[(i, *[slice(lo, lo + k) for lo, k in zip(lows, box)])] = True
     return masks
+
+
+def copy_paste_box(batch: int, spatial: Sequence[int], side: float = 2 / 3, device=None,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(batch, *spatial) bool: BCP's box, one for the whole batch, each side ``side`` of the patch's (rounded down),
+    placed uniformly."""
+    box = [max(1, int(size * side)) for size in spatial]
+    lows = [int(torch.randint(0, size - k + 1, (1,), generator=generator)) for k, size in zip(box, spatial)]
+    mask = torch.zeros(tuple(spatial), dtype=torch.bool, device=device)
+    mask[tuple(slice(lo, lo + k) for lo, k in zip(lows, box))] = True
+    return mask.expand(batch, *spatial)
 
 
 def resize_mask(mask: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:

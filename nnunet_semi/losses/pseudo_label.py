@@ -8,6 +8,7 @@ Targets and masks are given at full resolution and downsampled to each scale as 
 """
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +28,24 @@ def pseudo_labels(logits: torch.Tensor, regions: bool, threshold) -> tuple:
         confidence, labels = p.max(1)
         t = threshold[labels] if torch.is_tensor(threshold) else threshold
         return labels, confidence, confidence >= t
+
+
+def largest_component(labels: torch.Tensor, regions: bool) -> torch.Tensor:
+    """Pseudo-labels with each foreground class (each region channel) reduced to its largest connected component per
+    sample (BCP's post-processing of the teacher's labels); the rest becomes background. Computed on the CPU (scipy),
+    face connectivity."""
+    from scipy import ndimage
+    array = labels.detach().cpu().numpy()
+    out = np.zeros_like(array)
+    for i in range(array.shape[0]):
+        channels = [(array[i, r] > 0, (i, r), 1) for r in range(array.shape[1])] if regions else \
+            [(array[i] == k, (i,), k) for k in np.unique(array[i]) if k != 0]
+        for binary, index, value in channels:
+            components, n = ndimage.label(binary)
+            if n:
+                largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+                out[index][components == largest] = value
+    return torch.from_numpy(out).to(labels.device)
 
 
 def class_balance_weights(labels: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -6,9 +6,12 @@ identifiers, pseudo-labels) is moved to the device by the base and handed to the
 
 A method subclasses the base and writes only its own parts:
 
-- ``build_semi_modules()``: the extra modules (teacher, second network, heads), created once ``self.network``
-  exists; ``semi_modules()`` names them, so the base moves, saves and restores them; ``register_optimizer`` adds
-  nnU-Net's SGD for parameters that ``self.optimizer`` does not train;
+- ``build_semi_modules()``: the extra modules (second network, heads), created once ``self.network`` exists;
+  ``semi_modules()`` names them, so the base moves, saves and restores them; ``register_optimizer`` adds nnU-Net's
+  SGD for parameters that ``self.optimizer`` does not train; ``self.ema_teacher = True`` in ``__init__`` gives the
+  method ``self.teacher``, an exponential moving average of ``self.network`` that the base builds, starts from the
+  network's weights (pretrained ones included), updates after every iteration (decay ``self.ema_decay``, 0.99, with
+  Tarvainen & Valpola's warm-up), saves and restores;
 - ``compute_losses(labeled, unlabeled)``: the forward pass and the loss terms of one iteration, as
   ``{name: (weight, loss)}``; a value that is not a loss (an accuracy) has weight None: it is logged, not trained;
   ``unlabeled`` is None where the method has no unlabeled stream, or none yet (a warm-up);
@@ -30,6 +33,7 @@ stock ``nnUNetv2_predict`` loads the result.
 """
 import os
 import random
+from copy import deepcopy
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -51,6 +55,7 @@ from nnunet_semi.data.augmenter import augmenter, stop_workers
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 from nnunet_semi.data.unlabeled import collect_unlabeled_cases
 from nnunet_semi.environment import temporary_env
+from nnunet_semi.networks.ema import ema_decay_at, ema_update
 from nnunet_semi.trainers.progress import SemiLocalLogger
 
 CHECKPOINT_KEY = 'nnunet_semi'
@@ -88,6 +93,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.num_unlabeled_processes = 0  # augmentation workers of the unlabeled loader
         self.num_unlabeled_cases = 0
         self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
+        self.ema_teacher = False  # True: self.teacher, an EMA of self.network (see the module's docstring)
+        self.ema_decay = 0.99
+        self.teacher = None
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
         self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
         self._initial_weights = None  # the network's first weights after initialize()
@@ -98,8 +106,9 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         """Create the method's extra modules and optimizers. Called once, right after self.network is built."""
 
     def semi_modules(self) -> Dict[str, nn.Module]:
-        """The method's extra modules by name: moved to the device, saved and restored with the checkpoint."""
-        return {}
+        """The method's extra modules by name: moved to the device, saved and restored with the checkpoint. By
+        default the EMA teacher, where the method has one."""
+        return {} if self.teacher is None else {'teacher': self.teacher}
 
     def compute_losses(self, labeled: Batch, unlabeled: Optional[Batch]) -> LossTerms:
         """One iteration's forward pass and loss terms: {name: (weight, unweighted scalar loss)}, and values that are
@@ -166,9 +175,15 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                f'supported. Train without -num_gpus.')
         # a copy of the first weights, to tell at the start of training whether -pretrained_weights replaced them
         self._initial_weights = next(unwrap(self.network).parameters()).detach().clone()
+        if self.ema_teacher:
+            self.teacher = deepcopy(unwrap(self.network)).requires_grad_(False)
         self.build_semi_modules()
         for module in self.semi_modules().values():
             module.to(self.device)
+
+    def reset_teacher(self) -> None:
+        """The EMA teacher becomes a copy of the network's current weights."""
+        self.teacher.load_state_dict(unwrap(self.network).state_dict())
 
     def started_from_pretrained_weights(self) -> bool:
         """Whether nnU-Net's -pretrained_weights replaced the network's weights after initialize()."""
@@ -224,6 +239,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             warning = memory_warning(self, torch.cuda.get_device_properties(self.device).total_memory)[1]
             if warning:
                 self.print_to_log_file(warning)
+        if self.teacher is not None and not self.semi_restored:  # the network's weights, maybe -pretrained_weights
+            self.reset_teacher()
         self.on_semi_train_start(self.semi_restored)
 
     def on_train_end(self):
@@ -272,6 +289,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         terms = self.train_iteration(self.to_device(batch), self.next_unlabeled_batch())
+        if self.teacher is not None:
+            ema_update(self.teacher, unwrap(self.network), ema_decay_at(self.iteration, self.ema_decay))
         self.after_optimizer_step()
         self.iteration += 1
 

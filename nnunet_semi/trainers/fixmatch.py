@@ -11,20 +11,19 @@ Each iteration, on the labeled batch and the unlabeled batch u (its weak view: n
   same box;
 - L_pl: cross-entropy on the confident voxels at every deep-supervision scale (losses/pseudo_label.py), pseudo-labels
   and masks downsampled as nnU-Net downsamples its targets, with nnU-Net's scale weights; lambda_u = 1, no ramp-up
-  (FixMatch's); the plain mean over the confident voxels. ``class_balanced`` (``_balanced``) weights each confident
-  voxel by the inverse share of its pseudo-class among the batch's confident voxels instead: on Hippocampus with one
-  labeled case it amplified the early, wrong foreground pseudo-labels and collapsed the training (docs/fixmatch.md).
+  (FixMatch's); the plain mean over the confident voxels. ``pseudo_label_dice`` (``_DiceCE``) adds a soft Dice over
+  them, as nnU-Net's own DC+CE, whose Dice weighs each foreground class alike however few its voxels.
+  ``class_balanced`` (``_balanced``) weights each confident voxel by the inverse share of its pseudo-class among the
+  batch's confident voxels instead: on Hippocampus with one labeled case it amplified the early, wrong foreground
+  pseudo-labels and collapsed the training (docs/fixmatch.md).
 
 The share of confident voxels is logged beside the terms. The deployed network is nnU-Net's plain network.
 """
-from copy import deepcopy
-
 import torch
 
 from nnunet_semi.data.strong_views import cutmix_boxes, intensity_view, mix
 from nnunet_semi.losses.pseudo_label import class_balance_weights, masked_pseudo_label_loss, pseudo_labels
-from nnunet_semi.networks.ema import ema_decay_at, ema_update
-from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.variants import add_short_variants, define_variant
 
 
@@ -35,26 +34,10 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
         self.confidence_threshold = 0.95  # tau
         self.unsupervised_weight = 1.0  # lambda_u
         self.class_balanced = False  # True: inverse-frequency weights of the pseudo-classes (docs/fixmatch.md)
+        self.pseudo_label_dice = False  # True: a soft Dice on the confident voxels beside their CE (nnU-Net's DC+CE)
         self.cutmix_probability = 1.0
         self.cutmix_area = (0.02, 0.4)  # of the patch
-        self.ema_teacher = False  # True: pseudo-labels from an EMA of the network (Mean Teacher style)
-        self.ema_decay = 0.99
-
-    def build_semi_modules(self):
-        self.teacher = None
-        if self.ema_teacher:
-            self.teacher = deepcopy(unwrap(self.network)).requires_grad_(False)
-
-    def semi_modules(self):
-        return {} if self.teacher is None else {'teacher': self.teacher}
-
-    def on_semi_train_start(self, resumed: bool):
-        if self.teacher is not None and not resumed:  # the teacher starts as the network (maybe pretrained)
-            self.teacher.load_state_dict(unwrap(self.network).state_dict())
-
-    def after_optimizer_step(self):
-        if self.teacher is not None:
-            ema_update(self.teacher, unwrap(self.network), ema_decay_at(self.iteration, self.ema_decay))
+        # ema_teacher (the base's, False): True takes the pseudo-labels from an EMA of the network (decay ema_decay)
 
     def strong_view(self, images, labels, mask):
         """The strong view of the unlabeled images, and the pseudo-labels and mask that go with it."""
@@ -77,7 +60,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
         weights = class_balance_weights(labels, mask, self.label_manager.num_segmentation_heads) \
             if self.class_balanced and not regions else None
         return masked_pseudo_label_loss(output, labels, mask, regions, self.deep_supervision_weights(),
-                                        class_weights=weights)
+                                        dice=self.pseudo_label_dice, class_weights=weights)
 
     def compute_losses(self, labeled, unlabeled):
         n, images = labeled['data'].shape[0], unlabeled['data']
@@ -91,6 +74,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
 
 
 __all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, globals())
-for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True}}.items():
+for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True},
+                           'DiceCE': {'pseudo_label_dice': True}}.items():
     _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
     __all__ += [_variant.__name__] + add_short_variants(_variant, globals())

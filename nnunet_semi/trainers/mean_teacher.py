@@ -9,13 +9,10 @@ The deployed network (``self.network``, what nnU-Net validates, checkpoints and 
 the medical reference code (UA-MT, SSL4MIS), which evaluates the student; the teacher is saved under the
 checkpoint's ``nnunet_semi`` key.
 """
-from copy import deepcopy
-
 import torch
 
 from nnunet_semi.losses.consistency import softmax_mse
-from nnunet_semi.networks.ema import ema_decay_at, ema_update
-from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
+from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.ramps import sigmoid_rampup
 from nnunet_semi.trainers.variants import add_short_variants
 
@@ -24,22 +21,11 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.ema_decay = 0.99
+        self.ema_teacher = True  # self.teacher: the base builds, updates (decay ema_decay, 0.99) and saves it
         self.consistency_weight = 0.1  # at full strength (UA-MT, SSL4MIS)
         self.consistency_rampup = 0.4  # fraction of all training iterations the sigmoid ramp-up takes
         self.noise_std = 0.1  # Gaussian input noise on the normalised image, clipped to +-noise_clip
         self.noise_clip = 0.2
-
-    def build_semi_modules(self):
-        self.teacher = deepcopy(unwrap(self.network))
-        self.teacher.requires_grad_(False)
-
-    def semi_modules(self):
-        return {'teacher': self.teacher}
-
-    def on_semi_train_start(self, resumed: bool):
-        if not resumed:  # the teacher starts as the student (which may hold -pretrained_weights)
-            self.teacher.load_state_dict(unwrap(self.network).state_dict())
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.clamp(torch.randn_like(x) * self.noise_std, -self.noise_clip, self.noise_clip)
@@ -58,9 +44,6 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
                                   self.label_manager.has_regions)
         return {'supervised': (1.0, self.loss(student_labeled, labeled['target'])),
                 'consistency': (self.consistency_weight_now(), consistency)}
-
-    def after_optimizer_step(self):
-        ema_update(self.teacher, unwrap(self.network), ema_decay_at(self.iteration, self.ema_decay))
 
 
 __all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals())

@@ -1,0 +1,58 @@
+"""nnUNetTrainerBCP end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): training in
+3d_fullres with prediction and export to a stock model folder, 2d, interrupted and resumed with its teacher, and the
+two stages on a real batch."""
+import pytest
+import torch
+
+from conftest import (assert_predicts_and_exports_to_stock, interrupt_then_load, predict, preprocess_unlabeled,
+                      resume_to_the_end, train, trainer_from_args)
+from nnunet_semi.networks.ema import ema_decay_at
+
+pytestmark = pytest.mark.e2e
+BCP = 'nnUNetTrainerBCP_smoke'
+
+
+@pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
+def test_bcp_trains_and_predicts(tiny_dataset, tmp_path, configuration):
+    ds = tiny_dataset
+    log, ckpt = train(ds, configuration, 0, BCP)
+    # 3 epochs: the first (round(0.25 * 3)) pre-trains on labeled copy-paste only, then self-training
+    assert log.count('loss terms: ground_truth_part ') == 3
+    assert log.count('pseudo_label_part 0.0000 (weight 0)') == 1 and log.count('(weight 0.5)') == 2
+    assert log.count('training metrics: confident_share ') == 2
+    assert set(ckpt['nnunet_semi']['modules']) == {'teacher'}
+    if configuration == '3d_fullres':
+        assert_predicts_and_exports_to_stock(ds, configuration, BCP, tmp_path)
+    else:
+        predict(ds, configuration, BCP, tmp_path)
+
+
+def test_bcp_resumes_with_its_teacher(tiny_dataset):
+    saved, trainer = interrupt_then_load(tiny_dataset, BCP, 1)
+    teacher = saved['nnunet_semi']['modules']['teacher']
+    assert all(torch.equal(trainer.teacher.state_dict()[k], v) for k, v in teacher.items())
+    resume_to_the_end(tiny_dataset, BCP, 1, saved, 'pseudo_label_part')
+
+
+def test_the_two_stages_on_a_real_batch(tiny_dataset):
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerBCP', 4, num_epochs=4, num_iterations_per_epoch=2)
+    trainer.on_train_start()
+    assert trainer.warmup_iterations() == 2  # one of four epochs
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out['weight_pseudo_label_part'] == 0.0 and 'metric_confident_share' not in out
+    assert out['loss'] == pytest.approx(out['term_ground_truth_part'], rel=1e-5)
+    trainer.train_step(next(trainer.dataloader_train))
+    # the first self-training step starts the teacher again from the network (BCP's), then the EMA moves it
+    with torch.no_grad():
+        for p in trainer.teacher.parameters():
+            p.add_(1.0)
+    student_before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out['weight_pseudo_label_part'] == 0.5 and 0.0 <= out['metric_confident_share'] <= 1.0
+    assert out['loss'] == pytest.approx(out['term_ground_truth_part'] + 0.5 * out['term_pseudo_label_part'], rel=1e-5)
+    student_after, decay = trainer.network.state_dict(), ema_decay_at(2, 0.99)
+    for k, t in trainer.teacher.state_dict().items():  # the EMA of the reset teacher (= the student before the step)
+        assert torch.allclose(t, decay * student_before[k] + (1 - decay) * student_after[k], atol=1e-6), k
+    trainer.on_train_end()
