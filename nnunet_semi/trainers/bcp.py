@@ -22,8 +22,8 @@ BCP's (Dice + CE) / 2 summed over the two images, and each part on nnU-Net's sca
 loss is the same with both parts ground truth, weight 1.
 
 Departure, for nnU-Net's schedule: BCP restarts its optimizer for the second stage; here one nnU-Net poly schedule
-runs through both, so the budget is every trainer's. The deployed network
-is the student (BCP evaluates the student); the teacher is saved under the checkpoint's ``nnunet_semi`` key.
+runs through both, so the budget is every trainer's. The deployed network is the student (BCP evaluates the
+student); the teacher is saved under the checkpoint's ``nnunet_semi`` key.
 """
 import torch
 
