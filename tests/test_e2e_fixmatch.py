@@ -37,6 +37,22 @@ def test_fixmatch_with_an_ema_teacher_resumes_with_it(tiny_dataset):
     resume_to_the_end(tiny_dataset, name, 1, saved, 'pseudo_label')
 
 
+def test_spatial_weak_view_drops_only_the_intensity_transforms(tiny_dataset):
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+    from nnunet_semi.data.augmenter import INTENSITY_TRANSFORMS, stop_workers
+    preprocess_unlabeled(tiny_dataset, '3d_fullres')
+
+    def transforms(name):
+        trainer = trainer_from_args(tiny_dataset, name, 0)
+        batches = trainer.get_unlabeled_dataloader(0)
+        stop_workers(batches)
+        steps = batches.data_loader.transforms.transforms
+        return [type(t.transform if isinstance(t, RandomTransform) else t) for t in steps]
+    default, weak = transforms('nnUNetTrainerFixMatch'), transforms('nnUNetTrainerFixMatch_spatialWeak')
+    assert set(INTENSITY_TRANSFORMS) <= set(default)  # nnU-Net's list has them all: the filter names real classes
+    assert weak == [t for t in default if t not in INTENSITY_TRANSFORMS] and 'SpatialTransform' in [t.__name__ for t in weak]
+
+
 def test_one_step_on_a_real_batch(tiny_dataset):
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')

@@ -48,6 +48,25 @@ def test_blur_and_intensity_view():
     assert torch.equal(intensity_view(images, p=0.0, p_blur=0.0), images)  # nothing drawn: the images themselves
 
 
+def test_without_intensity_transforms_keeps_the_rest_in_order():
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+    from nnunet_semi.data.augmenter import without_intensity_transforms
+    mirror, remove = MirrorTransform(allowed_axes=(0, 1)), RemoveLabelTansform(-1, 0)
+    noise = RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.1)), apply_probability=1)
+    gamma = GammaTransform(gamma=(0.7, 1.5), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
+                           p_retain_stats=1)  # bare, without a RandomTransform around it
+    kept = without_intensity_transforms(ComposeTransforms([noise, mirror, gamma, remove])).transforms
+    assert kept == [mirror, remove]
+    image = torch.rand(1, 8, 8)
+    out = ComposeTransforms(kept)(image=image.clone(), segmentation=torch.zeros(1, 8, 8, dtype=torch.int16))
+    assert sorted(out['image'].flatten().tolist()) == sorted(image.flatten().tolist())  # values moved, none changed
+
+
 def test_feature_dropout_drops_whole_channels():
     torch.manual_seed(0)
     features = [torch.ones(2, 8, 4, 4), torch.ones(2, 16, 2, 2, 2)]

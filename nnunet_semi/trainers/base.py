@@ -88,6 +88,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
                                f'({configuration}): unlabeled cases have no previous-stage segmentation. Train '
                                f'3d_fullres or 2d instead.')
         self.batch_size_unlabeled = None  # None: the planned batch size
+        # False: the unlabeled batches get nnU-Net's spatial transforms and mirroring but not its intensity ones
+        self.unlabeled_intensity_transforms = True
         self.save_every = 1  # a semi epoch costs more than a stock one: never lose more than one
         self.dataloader_unlabeled = None
         self.num_unlabeled_processes = 0  # augmentation workers of the unlabeled loader
@@ -201,9 +203,11 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             return super().get_dataloaders()
 
     def get_unlabeled_dataloader(self, num_processes: int):
-        """The augmenter of unlabeled batches: nnU-Net's patch sampling and training transforms on images only."""
+        """The augmenter of unlabeled batches: nnU-Net's patch sampling and training transforms on images only (without
+        the intensity transforms if not ``unlabeled_intensity_transforms``)."""
         cases = self.find_unlabeled_cases(num_processes)
-        return self.unlabeled_augmenter(UnlabeledDataLoader, UnlabeledImages(cases), num_processes)
+        return self.unlabeled_augmenter(UnlabeledDataLoader, UnlabeledImages(cases), num_processes,
+                                        intensity=self.unlabeled_intensity_transforms)
 
     def unlabeled_augmenter(self, loader_class, data, num_processes: int, **kwargs):
         """``loader_class`` on ``data`` at the unlabeled batch size through nnU-Net's training transforms

@@ -17,6 +17,9 @@ Each iteration, on the labeled batch and the unlabeled batch u (its weak view: n
   batch's confident voxels instead: on Hippocampus with one labeled case it amplified the early, wrong foreground
   pseudo-labels and collapsed the training (docs/fixmatch.md).
 
+``_spatialWeak``: the weak view gets nnU-Net's spatial transforms and mirroring but not its intensity transforms
+(FixMatch's weak view is a flip and a shift only); the strong view then starts from the un-perturbed intensities.
+
 The share of confident voxels is logged beside the terms. The deployed network is nnU-Net's plain network.
 """
 import torch
@@ -75,6 +78,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
 
 __all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, globals())
 for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True},
-                           'DiceCE': {'pseudo_label_dice': True}}.items():
+                           'DiceCE': {'pseudo_label_dice': True},
+                           'spatialWeak': {'unlabeled_intensity_transforms': False}}.items():
     _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
     __all__ += [_variant.__name__] + add_short_variants(_variant, globals())
