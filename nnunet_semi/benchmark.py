@@ -515,7 +515,7 @@ def main(argv=None):
                              'A:B trains B from A\'s final checkpoint (-pretrained_weights)')
     parser.add_argument('--epochs', default='1000',
                         help='schedule of every training: E epochs of 250 iterations (default 1000, nnU-Net\'s), or '
-                             'smoke (3 epochs of 8 iterations) to try the set-up')
+                             'smoke (3 epochs of 4 iterations) to try the set-up')
     parser.add_argument('-p', default='nnUNetPlans', help='plans (default nnUNetPlans)')
     parser.add_argument('--small_plans', type=int, nargs=3, metavar=('BASE', 'MAX', 'BATCH'), default=None,
                         help='train with small plans written from -p: features BASE * 2^stage capped at MAX, batch '

@@ -63,8 +63,12 @@ def train_cmd(ds, configuration, fold, trainer, *extra):
 
 
 def preprocess_unlabeled(ds, configuration):
-    """nnUNetv2_semi_preprocess of the tiny dataset's unlabeled images (cases already done are skipped)."""
-    run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', configuration, '-p', SMALL], ds['env'])
+    """nnUNetv2_semi_preprocess of the tiny dataset's unlabeled images, unless every case is there already (the command
+    would skip them all; tests of the command itself run it directly)."""
+    from nnunet_semi.data.unlabeled import committed_cases
+    cases = list((ds['raw'] / 'imagesUnlabeled').glob('*_0000.nii.gz'))
+    if len(committed_cases(str(ds['preprocessed'] / f'nnUNetPlans_{configuration}_unlabeled'))) < len(cases):
+        run(['nnUNetv2_semi_preprocess', '-d', ds['id'], '-c', configuration, '-p', SMALL], ds['env'])
 
 
 def train(ds, configuration, fold, trainer):
@@ -171,7 +175,7 @@ def assert_restored(module, optimizer, saved_module: dict, saved_optimizer: dict
 
 def resume_to_the_end(ds, trainer, fold, saved: dict, term: str):
     """nnUNetv2_train --c after interrupt_then_load: it goes on from the saved epoch (not from 0) to the end, with the
-    loss term logged for every epoch."""
+    loss term logged for every epoch. Returns the final checkpoint."""
     import torch
     run(train_cmd(ds, '3d_fullres', fold, trainer, '--c'), ds['env'])
     folder = model_folder(ds, trainer, '3d_fullres', fold)
@@ -179,11 +183,17 @@ def resume_to_the_end(ds, trainer, fold, saved: dict, term: str):
     assert f'Epoch {saved["current_epoch"]}' in log and 'Epoch 0 \n' not in log
     final = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert final['current_epoch'] == 3 and len(final['logging']['term_' + term]) == 3
+    return final
 
 
 def newest_log(model_folder: Path) -> str:
     """The text of nnU-Net's newest training log in a fold folder."""
     return sorted(model_folder.glob('training_log_*.txt'))[-1].read_text()
+
+
+def all_logs(model_folder: Path) -> str:
+    """The text of every training log in a fold folder (an interrupted run and its resumption), oldest first."""
+    return ''.join(f.read_text() for f in sorted(model_folder.glob('training_log_*.txt')))
 
 
 def assert_segmentations(prediction_folder: Path, image_folder: Path, cases, labels=(0, 1, 2)):

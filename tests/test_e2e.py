@@ -70,33 +70,28 @@ def test_semi_preprocess_errors_name_the_file_and_lose_nothing(tiny_dataset, unl
         run(['nnunet_semi', 'check-images', '-d', d, '--no_pbar'], env)
 
 
-def test_mean_teacher_3d_trains_and_stock_predict_uses_it(tiny_dataset, unlabeled_3d, tmp_path):
+def test_mean_teacher_3d_resumes_with_teacher_and_optimizer_and_stock_predict_uses_it(tiny_dataset, unlabeled_3d,
+                                                                                        tmp_path):
     ds = tiny_dataset
-    run(train_cmd(ds, '3d_fullres', 0, MT), ds['env'])
+    saved, trainer = interrupt_then_load(ds, MT, 0)
+    assert_restored(trainer.teacher, trainer.optimizer, saved['nnunet_semi']['modules']['teacher'],
+                    saved['optimizer_state'])
+    ckpt = resume_to_the_end(ds, MT, 0, saved, 'consistency')
     folder = model_folder(ds, MT, '3d_fullres', 0)
     log = newest_log(folder)
-    assert 'Unlabeled cases: 8 (8 preprocessed unlabeled images, 0 with labels hidden' in log
-    assert log.count('loss terms: supervised') == 3 and 'consistency' in log
+    assert 'Unlabeled cases: 8 (8 preprocessed unlabeled images, 0 with labels hidden' in log and 'consistency' in log
     assert (folder / 'progress.png').is_file() and (folder / 'validation' / 'summary.json').is_file()
 
-    ckpt = torch.load(folder / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     teacher = ckpt['nnunet_semi']['modules']['teacher']
     assert teacher.keys() == ckpt['network_weights'].keys()
     assert any(not torch.equal(teacher[k], ckpt['network_weights'][k]) for k in teacher)  # an EMA, not a copy
     logged = ckpt['logging']
-    assert len(logged['term_consistency']) == 3 and logged['weight_consistency'][0] < logged['weight_consistency'][2]
+    assert logged['weight_consistency'][0] < logged['weight_consistency'][2]
 
     out = tmp_path / 'pred'
     run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', out, '-d', ds['id'], '-c', '3d_fullres', '-tr', MT,
          '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
     assert_segmentations(out, ds['raw'] / 'imagesTs', ('test_000', 'test_001'))
-
-
-def test_interrupted_training_resumes_with_teacher_and_optimizer(tiny_dataset, unlabeled_3d):
-    saved, trainer = interrupt_then_load(tiny_dataset, MT, 1)
-    assert_restored(trainer.teacher, trainer.optimizer, saved['nnunet_semi']['modules']['teacher'],
-                    saved['optimizer_state'])
-    resume_to_the_end(tiny_dataset, MT, 1, saved, 'consistency')
 
 
 def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):

@@ -1,40 +1,36 @@
 """nnUNetTrainerMASSL and nnUNetTrainerMASSLJoint end to end through nnU-Net's commands on the tiny generated dataset
-(small plans, CPU): training in 3d_fullres (alternating) and 2d (joint), prediction, export to a stock model folder,
-an interrupted run resumed with both optimizers, and the alternating steps on a real batch."""
+(small plans, CPU): an alternating 3d_fullres run interrupted, resumed with both optimizers, predicted and exported to
+a stock model folder; joint training and prediction in 2d; and the alternating steps on a real batch."""
 import numpy as np
 import pytest
 import torch
 
-from conftest import (assert_predicts_and_exports_to_stock, assert_restored, interrupt_then_load, predict,
-                      preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
+from conftest import (all_logs, assert_predicts_and_exports_to_stock, assert_restored, interrupt_then_load,
+                      model_folder, predict, preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 from nnunet_semi.networks.parts import decoder_parameters, frozen
 
 pytestmark = pytest.mark.e2e
 MASSL = 'nnUNetTrainerMASSL_smoke'
 
 
-def test_massl_3d_trains_predicts_and_exports_to_stock_nnunet(tiny_dataset, tmp_path):
+def test_massl_3d_resumes_with_both_optimizers_predicts_and_exports_to_stock(tiny_dataset, tmp_path):
     ds = tiny_dataset
-    log, ckpt = train(ds, '3d_fullres', 0, MASSL)
-    # background + 2 classes, 1 input channel
-    assert 'MASSL: alternating training, reconstruction decoder with 3 x 1 outputs, attention' in log
-    assert log.count('loss terms: segmentation ') == 3 and log.count('(weight 1), reconstruction ') == 3
-    semi = ckpt['nnunet_semi']
-    assert set(semi['modules']) == {'reconstruction_decoder'} and set(semi['optimizers']) == {'reconstruction'}
-    assert not any(k.startswith('reconstruction') for k in ckpt['network_weights'])  # the deployed net is plain
-    recon = ckpt['logging']['term_reconstruction']
-    assert len(recon) == 3 and all(np.isfinite(recon))
-
-    assert_predicts_and_exports_to_stock(ds, '3d_fullres', MASSL, tmp_path)
-
-
-def test_massl_interrupted_run_resumes_with_both_optimizers(tiny_dataset):
-    saved, trainer = interrupt_then_load(tiny_dataset, MASSL, 1)
+    saved, trainer = interrupt_then_load(ds, MASSL, 0)
     semi = saved['nnunet_semi']
     assert_restored(trainer.reconstruction_decoder, trainer.semi_optimizers['reconstruction'][0],
                     semi['modules']['reconstruction_decoder'], semi['optimizers']['reconstruction'])
     assert_restored(trainer.network, trainer.optimizer, saved['network_weights'], saved['optimizer_state'])
-    resume_to_the_end(tiny_dataset, MASSL, 1, saved, 'reconstruction')
+    ckpt = resume_to_the_end(ds, MASSL, 0, saved, 'reconstruction')
+    # background + 2 classes, 1 input channel
+    log = all_logs(model_folder(ds, MASSL, '3d_fullres', 0))
+    assert 'MASSL: alternating training, reconstruction decoder with 3 x 1 outputs, attention' in log
+    assert '(weight 1), reconstruction ' in log
+    semi = ckpt['nnunet_semi']
+    assert set(semi['modules']) == {'reconstruction_decoder'} and set(semi['optimizers']) == {'reconstruction'}
+    assert not any(k.startswith('reconstruction') for k in ckpt['network_weights'])  # the deployed net is plain
+    assert all(np.isfinite(ckpt['logging']['term_reconstruction']))
+
+    assert_predicts_and_exports_to_stock(ds, '3d_fullres', MASSL, tmp_path)
 
 
 def test_massl_joint_2d_trains_and_predicts(tiny_dataset, tmp_path):

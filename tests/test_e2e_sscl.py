@@ -1,6 +1,6 @@
-"""nnUNetTrainerSSCL end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): training in
-3d_fullres and 2d, prediction with the two-pass network nnU-Net builds from the trainer class, an interrupted run
-resumed, the losses on a real batch, and the fusion ablations."""
+"""nnUNetTrainerSSCL end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): training and
+prediction in 2d with the two-pass network nnU-Net builds from the trainer class, a 3d_fullres run interrupted,
+resumed and predicted, the losses on a real batch, and the fusion ablations."""
 import numpy as np
 import pytest
 import torch
@@ -13,27 +13,28 @@ pytestmark = pytest.mark.e2e
 SSCL = 'nnUNetTrainerSSCL_smoke'
 
 
-@pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
-def test_sscl_trains_and_predicts(tiny_dataset, tmp_path, configuration):
+def test_sscl_2d_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
-    log, ckpt = train(ds, configuration, 0, SSCL)
+    log, ckpt = train(ds, '2d', 0, SSCL)
     assert 'SSCL: two-pass network, gff fusion on 4 encoder levels, inpainting of 1 channel(s)' in log
     assert log.count('loss terms: segmentation ') == 3 and log.count('(weight 2), inpainting ') == 3
     assert any(k.startswith('fusions.') for k in ckpt['network_weights'])  # the deployed net is the two-pass model
     inpainting = ckpt['logging']['term_inpainting']
     assert len(inpainting) == 3 and all(np.isfinite(inpainting))
-    predict(ds, configuration, SSCL, tmp_path / 'pred')  # nnU-Net builds the network from the trainer class
-    if configuration == '3d_fullres':  # no stock model folder: stock nnU-Net cannot build this network
-        out = run(['nnunet_semi', 'export', '-d', ds['id'], '-c', configuration, '-tr', SSCL, '-p', SMALL, '-o',
-                   tmp_path / 'stock'], ds['env'], ok=False)
-        assert 'deploys a network of its own' in out and not (tmp_path / 'stock').exists()
+    predict(ds, '2d', SSCL, tmp_path)  # nnU-Net builds the network from the trainer class
 
 
-def test_sscl_interrupted_run_resumes(tiny_dataset):
-    saved, trainer = interrupt_then_load(tiny_dataset, SSCL, 1)
+def test_sscl_3d_resumes_predicts_and_refuses_a_stock_export(tiny_dataset, tmp_path):
+    ds = tiny_dataset
+    saved, trainer = interrupt_then_load(ds, SSCL, 0)
     assert isinstance(trainer.network, SSCLNetwork)
     assert_restored(trainer.network, trainer.optimizer, saved['network_weights'], saved['optimizer_state'])
-    resume_to_the_end(tiny_dataset, SSCL, 1, saved, 'inpainting')
+    resume_to_the_end(ds, SSCL, 0, saved, 'inpainting')
+    predict(ds, '3d_fullres', SSCL, tmp_path / 'pred')
+    # no stock model folder: stock nnU-Net cannot build this network
+    out = run(['nnunet_semi', 'export', '-d', ds['id'], '-c', '3d_fullres', '-tr', SSCL, '-p', SMALL, '-o',
+               tmp_path / 'stock'], ds['env'], ok=False)
+    assert 'deploys a network of its own' in out and not (tmp_path / 'stock').exists()
 
 
 def test_losses_and_ablations_on_a_real_batch(tiny_dataset):

@@ -1,24 +1,30 @@
 """nnUNetTrainerUniMatch end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU):
-training in 3d_fullres with prediction and export to a stock model folder, 2d, and one step on a real batch."""
+training and prediction in 2d; in 3d_fullres interrupted, resumed, predicted and exported to a stock model folder;
+and one step on a real batch."""
 import pytest
 
-from conftest import assert_predicts_and_exports_to_stock, predict, preprocess_unlabeled, train, trainer_from_args
+from conftest import (assert_predicts_and_exports_to_stock, assert_restored, interrupt_then_load, predict,
+                      preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 
 pytestmark = pytest.mark.e2e
 UNIMATCH = 'nnUNetTrainerUniMatch_smoke'
 TERMS = ('supervised', 'strong_1', 'strong_2', 'feature_perturbed')
 
 
-@pytest.mark.parametrize('configuration', ['3d_fullres', '2d'])
-def test_unimatch_trains_and_predicts(tiny_dataset, tmp_path, configuration):
+def test_unimatch_2d_trains_and_predicts(tiny_dataset, tmp_path):
     ds = tiny_dataset
-    log, ckpt = train(ds, configuration, 0, UNIMATCH)
+    log, ckpt = train(ds, '2d', 0, UNIMATCH)
     assert log.count('loss terms: supervised ') == 3 and log.count('training metrics: confident_share ') == 3
     assert all(len(ckpt['logging']['term_' + t]) == 3 for t in TERMS)
-    if configuration == '3d_fullres':
-        assert_predicts_and_exports_to_stock(ds, configuration, UNIMATCH, tmp_path)
-    else:
-        predict(ds, configuration, UNIMATCH, tmp_path)
+    predict(ds, '2d', UNIMATCH, tmp_path)
+
+
+def test_unimatch_3d_resumes_predicts_and_exports_to_stock(tiny_dataset, tmp_path):
+    saved, trainer = interrupt_then_load(tiny_dataset, UNIMATCH, 0)
+    assert_restored(trainer.network, trainer.optimizer, saved['network_weights'], saved['optimizer_state'])
+    final = resume_to_the_end(tiny_dataset, UNIMATCH, 0, saved, 'feature_perturbed')
+    assert all(len(final['logging']['term_' + t]) == 3 for t in TERMS)
+    assert_predicts_and_exports_to_stock(tiny_dataset, '3d_fullres', UNIMATCH, tmp_path)
 
 
 def test_the_streams_and_their_weights_on_a_real_batch(tiny_dataset):

@@ -1,10 +1,10 @@
 """Shorter schedules, named as nnU-Net names its own (``nnUNetTrainer_5epochs``): ``<Trainer>_5epochs`` etc., and
-``<Trainer>_smoke`` (3 epochs of 8 iterations, 4 validation iterations, a checkpoint every epoch, final validation and
+``<Trainer>_smoke`` (3 epochs of 4 iterations, 2 validation iterations, a checkpoint every epoch, final validation and
 prediction without test-time mirroring) for tests, the demo and trying a set-up in a minute on a CPU."""
 import torch
 
 EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750)
-SMOKE = dict(num_epochs=3, num_iterations_per_epoch=8, num_val_iterations_per_epoch=4, save_every=1)
+SMOKE = dict(num_epochs=3, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, save_every=1)
 
 
 class NoTestTimeMirroring:
