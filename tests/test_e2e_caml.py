@@ -1,6 +1,6 @@
-"""nnUNetTrainerCAML end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): a 3d_fullres
-run interrupted, resumed with its memory bank, predicted and exported to a stock model folder; 2d training and
-prediction; and the trainer's memory update and ablations on real batches."""
+"""nnUNetTrainerCAML end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): a
+3d_fullres run interrupted, resumed with its memory bank, predicted and exported to a stock model folder; 2d training
+and prediction; and the trainer's memory update and ablations on real batches."""
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""nnUNetTrainerSSCL end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): training and
-prediction in 2d with the two-pass network nnU-Net builds from the trainer class, a 3d_fullres run interrupted,
+"""nnUNetTrainerSSCL end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU): training
+and prediction in 2d with the two-pass network nnU-Net builds from the trainer class, a 3d_fullres run interrupted,
 resumed and predicted, the losses on a real batch, and the fusion ablations."""
 import numpy as np
 import pytest
