@@ -62,7 +62,7 @@ setup(
     packages=find_packages(include=['nnunet_semi', 'nnunet_semi.*']),
     python_requires='>=3.10',
     install_requires=['nnunetv2>=2.8,<2.9'],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest', 'pytest-xdist']},
     cmdclass={'build_py': build_py_with_hook},
     entry_points={'console_scripts': [
         'nnunet_semi=nnunet_semi.cli:main',

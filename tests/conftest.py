@@ -102,12 +102,16 @@ def predict(ds, configuration, trainer, out: Path, cases=('test_000', 'test_001'
     assert_segmentations(out, images, cases)
 
 
-def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: Path, cases=('test_000', 'test_001')):
+def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: Path, cases=('test_000', 'test_001'),
+                                        stock_command=False):
     """nnUNetv2_predict with the plugin (``predict``), then the documented export path: ``nnunet_semi export`` writes
-    a stock model folder (trainer nnUNetTrainer, no plugin state) that nnUNetv2_predict_from_modelfolder, with the
-    plugin switched off, predicts exactly as the plugin did; a second export refuses to overwrite and names the
-    file."""
+    a stock model folder (trainer nnUNetTrainer, no plugin state) that stock nnU-Net predicts exactly as the plugin
+    did. Stock nnU-Net's prediction runs in this process (nnUNetPredictor on the exported folder, what
+    nnUNetv2_predict_from_modelfolder runs; trainer nnUNetTrainer is found in nnunetv2 itself) or, with
+    ``stock_command``, as nnUNetv2_predict_from_modelfolder with the plugin switched off; then a second export refuses
+    to overwrite and names the file."""
     import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     plugin_prediction = tmp_path / 'plugin'
     predict(ds, configuration, trainer, plugin_prediction, cases)
     exported = tmp_path / 'stock_model'
@@ -115,15 +119,22 @@ def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: P
     assert 'nnUNetv2_predict_from_modelfolder' in run(export, ds['env'])
     stock_ckpt = torch.load(exported / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert stock_ckpt['trainer_name'] == 'nnUNetTrainer' and 'nnunet_semi' not in stock_ckpt
-    no_plugin = {k: v for k, v in ds['env'].items() if k != 'nnUNet_extTrainer'}
-    no_plugin['NNUNET_SEMI_NO_HOOK'] = '1'
     stock = tmp_path / 'stock'
-    run(['nnUNetv2_predict_from_modelfolder', '-i', ds['raw'] / 'imagesTs', '-o', stock, '-m', exported, '-f', '0',
-         '-device', 'cpu'], no_plugin)
+    if stock_command:
+        no_plugin = {k: v for k, v in ds['env'].items() if k != 'nnUNet_extTrainer'}
+        no_plugin['NNUNET_SEMI_NO_HOOK'] = '1'
+        run(['nnUNetv2_predict_from_modelfolder', '-i', ds['raw'] / 'imagesTs', '-o', stock, '-m', exported, '-f', '0',
+             '-device', 'cpu'], no_plugin)
+        assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(export, ds['env'], ok=False)
+    else:
+        predictor = nnUNetPredictor(perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(exported), (0,), 'checkpoint_final.pth')
+        assert type(predictor.network).__module__.startswith('dynamic_network_architectures')  # stock nnU-Net's
+        stock.mkdir()
+        predictor.predict_from_files_sequential(str(ds['raw'] / 'imagesTs'), str(stock))
     for case in cases:
         a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / f'{case}.nii.gz'))) for f in (plugin_prediction, stock))
         assert np.array_equal(a, b), case
-    assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(export, ds['env'], ok=False)
 
 
 def kill_when(cmd, env, condition, what: str, timeout=600):

@@ -29,7 +29,7 @@ def test_bcp_3d_resumes_with_its_teacher_predicts_and_exports_to_stock(tiny_data
     assert all(torch.equal(trainer.teacher.state_dict()[k], v) for k, v in teacher.items())
     final = resume_to_the_end(tiny_dataset, BCP, 0, saved, 'pseudo_label_part')
     assert final['logging']['weight_pseudo_label_part'] == [0.0, 0.5, 0.5]  # the warm-up epoch, then self-training
-    assert_predicts_and_exports_to_stock(tiny_dataset, '3d_fullres', BCP, tmp_path)
+    assert_predicts_and_exports_to_stock(tiny_dataset, '3d_fullres', BCP, tmp_path, stock_command=True)
 
 
 def test_the_two_stages_on_a_real_batch(tiny_dataset):
