@@ -1,5 +1,6 @@
 """Trainer discovery: the start-up hook, its opt-out, and the wheel that carries it."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -49,7 +50,13 @@ def test_ext_path_is_the_shim_folder():
 def test_the_installed_wheel_carries_the_hook(tmp_path):
     """Build the wheel, install it into a folder, and let Python's site machinery process that folder as it does
     site-packages at start-up: the hook must point nnUNet_extTrainer at the folder's own shim."""
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', str(ROOT), '--no-deps', '--no-build-isolation', '-q',
+    # from a copy of the sources: the tests that run beside this one (pytest -n 2) write into nnunet_semi/trainers/
+    source = tmp_path / 'source'
+    shutil.copytree(ROOT / 'nnunet_semi', source / 'nnunet_semi',
+                    ignore=shutil.ignore_patterns('__pycache__', 'guide_example_*'))
+    for name in ('setup.py', 'pyproject.toml', 'README.md'):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', str(source), '--no-deps', '--no-build-isolation', '-q',
                     '-w', str(tmp_path / 'wheel')], check=True, timeout=600)
     wheel = next((tmp_path / 'wheel').glob('nnunet_semi-*.whl'))
     names = zipfile.ZipFile(wheel).namelist()
