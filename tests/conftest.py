@@ -33,6 +33,14 @@ def run(cmd, env, ok=True, timeout=900):
     return p.stdout
 
 
+def pytest_collection_modifyitems(items):
+    """Files that run nnU-Net's commands first, the quick ones after them: with two xdist workers taking one file at a
+    time (README's ``-n 2 --dist loadfile --no-loadscope-reorder``) the run does not end on one long file alone. The
+    order within each file stays."""
+    slow = {item.path for item in items if item.get_closest_marker('e2e') or 'tiny_dataset' in item.fixturenames}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope='session')
 def nnunet_env(tmp_path_factory):
     """nnUNet_raw/preprocessed/results in a temporary folder, set for this process and for subprocesses."""
@@ -94,11 +102,13 @@ def trainer_from_args(ds, trainer, fold, configuration='3d_fullres', **settings)
     return t
 
 
-def predict(ds, configuration, trainer, out: Path, cases=('test_000', 'test_001')):
-    """nnUNetv2_predict of the tiny dataset's test images with fold 0 of a trained model; checks the segmentations."""
+def predict(ds, configuration, trainer, out: Path, cases=('test_000', 'test_001'), workers=False):
+    """nnUNetv2_predict of the tiny dataset's test images with fold 0 of a trained model; checks the segmentations.
+    Without ``workers``, -npp 0 -nps 0: preprocessing and export in the command's own process, the same prediction
+    without a fresh Python (torch, nnU-Net) started for each of nnU-Net's worker processes."""
     images = ds['raw'] / 'imagesTs'
     run(['nnUNetv2_predict', '-i', images, '-o', out, '-d', ds['id'], '-c', configuration, '-tr', trainer, '-p', SMALL,
-         '-f', '0', '-device', 'cpu'], ds['env'])
+         '-f', '0', '-device', 'cpu', *([] if workers else ['-npp', '0', '-nps', '0'])], ds['env'])
     assert_segmentations(out, images, cases)
 
 
@@ -106,17 +116,27 @@ def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: P
                                         stock_command=False):
     """nnUNetv2_predict with the plugin (``predict``), then the documented export path: ``nnunet_semi export`` writes
     a stock model folder (trainer nnUNetTrainer, no plugin state) that stock nnU-Net predicts exactly as the plugin
-    did. Stock nnU-Net's prediction runs in this process (nnUNetPredictor on the exported folder, what
-    nnUNetv2_predict_from_modelfolder runs; trainer nnUNetTrainer is found in nnunetv2 itself) or, with
-    ``stock_command``, as nnUNetv2_predict_from_modelfolder with the plugin switched off; then a second export refuses
-    to overwrite and names the file."""
+    did. The export and stock nnU-Net's prediction run in this process (``nnunet_semi.cli.main``; nnUNetPredictor on
+    the exported folder, what nnUNetv2_predict_from_modelfolder runs, trainer nnUNetTrainer found in nnunetv2 itself)
+    or, with ``stock_command``, as the commands: the prediction with nnU-Net's worker processes, the export as
+    ``nnunet_semi export``, nnUNetv2_predict_from_modelfolder with the plugin switched off; then a second export
+    refuses to overwrite and names the file."""
+    import contextlib
+    import io
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunet_semi.cli import main as nnunet_semi_cli
     plugin_prediction = tmp_path / 'plugin'
-    predict(ds, configuration, trainer, plugin_prediction, cases)
+    predict(ds, configuration, trainer, plugin_prediction, cases, workers=stock_command)
     exported = tmp_path / 'stock_model'
-    export = ['nnunet_semi', 'export', '-d', ds['id'], '-c', configuration, '-tr', trainer, '-p', SMALL, '-o', exported]
-    assert 'nnUNetv2_predict_from_modelfolder' in run(export, ds['env'])
+    export = ['export', '-d', str(ds['id']), '-c', configuration, '-tr', trainer, '-p', SMALL, '-o', str(exported)]
+    if stock_command:
+        printed = run(['nnunet_semi', *export], ds['env'])
+    else:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            nnunet_semi_cli(export)
+        printed = out.getvalue()
+    assert 'nnUNetv2_predict_from_modelfolder' in printed
     stock_ckpt = torch.load(exported / 'fold_0' / 'checkpoint_final.pth', map_location='cpu', weights_only=False)
     assert stock_ckpt['trainer_name'] == 'nnUNetTrainer' and 'nnunet_semi' not in stock_ckpt
     stock = tmp_path / 'stock'
@@ -125,7 +145,8 @@ def assert_predicts_and_exports_to_stock(ds, configuration, trainer, tmp_path: P
         no_plugin['NNUNET_SEMI_NO_HOOK'] = '1'
         run(['nnUNetv2_predict_from_modelfolder', '-i', ds['raw'] / 'imagesTs', '-o', stock, '-m', exported, '-f', '0',
              '-device', 'cpu'], no_plugin)
-        assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(export, ds['env'], ok=False)
+        assert f'{exported / "fold_0" / "checkpoint_final.pth"} exists already' in run(['nnunet_semi', *export],
+                                                                                      ds['env'], ok=False)
     else:
         predictor = nnUNetPredictor(perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(exported), (0,), 'checkpoint_final.pth')
@@ -216,10 +237,33 @@ def assert_segmentations(prediction_folder: Path, image_folder: Path, cases, lab
 
 
 @pytest.fixture(scope='session')
-def tiny_dataset(nnunet_env):
+def tiny_dataset(nnunet_env, tmp_path_factory):
+    """Prepared once per run: under pytest-xdist the first worker to need it prepares it in the run's shared temporary
+    folder (a file lock keeps the other waiting) and each worker copies it into its own nnU-Net folders."""
+    import shutil
+    from filelock import FileLock
     from nnunet_semi.demo import prepare_example
 
-    raw = prepare_example(nnunet_env, TINY_ID, ('2d', '3d_fullres'), unlabeled=False, quiet=True)
-    return {'id': TINY_ID, 'name': TINY_NAME, 'raw': Path(raw),
+    def prepare(env):
+        for k in folders + ('nnUNet_results',):
+            Path(env[k]).mkdir(parents=True, exist_ok=True)
+        prepare_example(env, TINY_ID, ('2d', '3d_fullres'), unlabeled=False, quiet=True)
+
+    folders = ('nnUNet_raw', 'nnUNet_preprocessed')
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        shared = tmp_path_factory.getbasetemp().parent / 'tiny_dataset'
+        with FileLock(f'{shared}.lock'):
+            if not (shared / 'prepared').is_file():
+                try:
+                    prepare({**nnunet_env, **{k: str(shared / k) for k in folders + ('nnUNet_results',)}})
+                except BaseException:
+                    shutil.rmtree(shared, ignore_errors=True)
+                    raise
+                (shared / 'prepared').touch()
+        for k in folders:
+            shutil.copytree(shared / k / TINY_NAME, Path(nnunet_env[k]) / TINY_NAME)
+    else:
+        prepare(nnunet_env)
+    return {'id': TINY_ID, 'name': TINY_NAME, 'raw': Path(nnunet_env['nnUNet_raw']) / TINY_NAME,
             'preprocessed': Path(nnunet_env['nnUNet_preprocessed']) / TINY_NAME,
             'results': Path(nnunet_env['nnUNet_results']) / TINY_NAME, 'env': nnunet_env}

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import (assert_restored, assert_segmentations, interrupt_then_load, model_folder, newest_log,
+from conftest import (assert_restored, interrupt_then_load, model_folder, newest_log, predict,
                       preprocess_unlabeled, resume_to_the_end, run, SMALL, train_cmd)
 from nnunet_semi.data.unlabeled import committed_cases
 
@@ -88,10 +88,7 @@ def test_mean_teacher_3d_resumes_with_teacher_and_optimizer_and_stock_predict_us
     logged = ckpt['logging']
     assert logged['weight_consistency'][0] < logged['weight_consistency'][2]
 
-    out = tmp_path / 'pred'
-    run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', out, '-d', ds['id'], '-c', '3d_fullres', '-tr', MT,
-         '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
-    assert_segmentations(out, ds['raw'] / 'imagesTs', ('test_000', 'test_001'))
+    predict(ds, '3d_fullres', MT, tmp_path / 'pred')
 
 
 def test_pretrained_weights_from_a_stock_model(tiny_dataset, unlabeled_3d):
@@ -134,6 +131,4 @@ def test_2d_needs_unlabeled_data_then_trains_and_predicts(tiny_dataset, tmp_path
     assert len(committed_cases(str(ds['preprocessed'] / 'nnUNetPlans_2d_unlabeled'))) == 8
     run(train_cmd(ds, '2d', 0, MT), ds['env'])
     assert 'loss terms: supervised' in newest_log(model_folder(ds, MT, '2d', 0))
-    run(['nnUNetv2_predict', '-i', ds['raw'] / 'imagesTs', '-o', tmp_path, '-d', ds['id'], '-c', '2d', '-tr', MT,
-         '-p', SMALL, '-f', '0', '-device', 'cpu'], ds['env'])
-    assert sorted(p.name for p in tmp_path.glob('*.nii.gz')) == ['test_000.nii.gz', 'test_001.nii.gz']
+    predict(ds, '2d', MT, tmp_path)

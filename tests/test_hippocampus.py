@@ -54,5 +54,5 @@ def test_mean_teacher_on_hippocampus_with_hidden_labels(nnunet_env, tmp_path):
     for c in predicted:
         (inputs / f'{c}_0000.nii.gz').symlink_to(HIPPOCAMPUS / 'imagesTr' / f'{c}_0000.nii.gz')
     run(['nnUNetv2_predict', '-i', inputs, '-o', tmp_path / 'out', '-d', '4', '-c', '3d_fullres', '-tr', MT, '-p',
-         SMALL, '-f', '0', '-device', 'cpu'], env)
+         SMALL, '-f', '0', '-device', 'cpu', '-npp', '0', '-nps', '0'], env)
     assert_segmentations(tmp_path / 'out', HIPPOCAMPUS / 'imagesTr', predicted)
