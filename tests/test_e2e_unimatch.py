@@ -38,3 +38,18 @@ def test_the_streams_and_their_weights_on_a_real_batch(tiny_dataset):
                                         + 0.5 * out['term_feature_perturbed'], rel=1e-5)
     assert 0.0 <= out['metric_confident_share'] <= 1.0
     trainer.on_train_end()
+
+
+@pytest.mark.parametrize('name, dice', [('nnUNetTrainerUniMatch', False), ('nnUNetTrainerUniMatch_DiceCE', True),
+                                        ('nnUNetTrainerFixMatch_DiceCE', True)])
+def test_the_dice_ce_variants_add_the_soft_dice_of_the_confident_voxels(tiny_dataset, name, dice):
+    import math
+    import torch
+    trainer = trainer_from_args(tiny_dataset, name, 4, num_epochs=1)
+    # uniform logits over background and the two labels; half the voxels label 1, none label 2, all confident:
+    # CE ln 3 per voxel; soft Dice of label 1 = 2 (n/6) / (n/3 + n/2) = 0.4, of label 2 = 0, so 1 - mean = 0.8
+    logits = torch.zeros(2, 3, 4, 4, 4)
+    labels = (torch.arange(4)[:, None, None] < 2).long().expand(4, 4, 4).repeat(2, 1, 1, 1)
+    scales = [logits] * len(trainer.deep_supervision_weights())  # nnU-Net's weights sum to 1 over the scales
+    loss = trainer.pseudo_label_loss(scales, labels, torch.ones_like(labels, dtype=torch.bool))
+    assert loss.item() == pytest.approx(math.log(3) + (0.8 if dice else 0.0), abs=1e-4)

@@ -12,14 +12,15 @@ Each iteration, with y, m the weak view's pseudo-labels and confidence mask (as 
 - the weights 0.25, 0.25, 0.5 of the authors' code (whose total also halves the supervised term: here nnU-Net's
   supervised loss keeps its weight 1, as in every trainer of this package), no ramp-up.
 The authors' unlabeled terms are Dice with an ignore mask; here the masked cross-entropy of the package's
-FixMatch (losses/pseudo_label.py), so the two trainers differ only in the streams.
+FixMatch (losses/pseudo_label.py), so the two trainers differ only in the streams. ``nnUNetTrainerUniMatch_DiceCE``
+adds the soft Dice over the confident voxels beside it (FixMatch's ``pseudo_label_dice``).
 """
 import torch
 
 from nnunet_semi.data.strong_views import FeatureDropout
 from nnunet_semi.trainers.base import unwrap
 from nnunet_semi.trainers.fixmatch import nnUNetTrainerFixMatch
-from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.variants import add_short_variants, define_variant
 
 
 class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
@@ -48,4 +49,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
         terms['confident_share'] = (None, mask.float().mean())
         return terms
 
+
 __all__ = ['nnUNetTrainerUniMatch'] + add_short_variants(nnUNetTrainerUniMatch, globals())
+_variant = define_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_DiceCE', globals(), pseudo_label_dice=True)
+__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
