@@ -1,7 +1,7 @@
 """nnUNetv2_semi_demo: the whole workflow on a small generated dataset, in a folder of your choice.
 
 Every step is printed as the command it runs, so the output doubles as a recipe for your own data:
-stock planning and preprocessing, small plans for a CPU, unlabeled preprocessing, a short Mean Teacher training,
+stock planning and preprocessing, small plans for a CPU, unlabeled preprocessing, a short FixMatch training,
 stock prediction. A few minutes on a CPU.
 """
 import argparse
@@ -74,7 +74,7 @@ def prepare_example(env: dict, dataset_id: int = 990, configurations=('3d_fullre
     return raw
 
 
-def run_demo(folder: str, dataset_id: int = 990, trainer: str = 'nnUNetTrainerCAML_smoke',
+def run_demo(folder: str, dataset_id: int = 990, trainer: str = 'nnUNetTrainerFixMatch_smoke',
              device: str = None) -> dict:
     import torch
 
@@ -104,7 +104,7 @@ def main(argv=None):
     parser.add_argument('folder', nargs='?', default='nnunet_semi_demo',
                         help='where the demo writes nnUNet_raw, nnUNet_preprocessed, nnUNet_results and predictions '
                              '(default: ./nnunet_semi_demo)')
-    parser.add_argument('-tr', default='nnUNetTrainerCAML_smoke', help='trainer to run')
+    parser.add_argument('-tr', default='nnUNetTrainerFixMatch_smoke', help='trainer to run')
     parser.add_argument('-device', default=None, help='cuda or cpu (default: cuda if available)')
     args = parser.parse_args(argv)
     try:
