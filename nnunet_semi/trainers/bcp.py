@@ -21,8 +21,9 @@ averaged, weight 1, the pseudo-labeled parts averaged, weight ``unlabeled_weight
 BCP's (Dice + CE) / 2 summed over the two images, and each part on nnU-Net's scale (CE + Dice). BCP's pre-training
 loss is the same with both parts ground truth, weight 1.
 
-Departure, for nnU-Net's schedule: BCP restarts its optimizer for the second stage; here one nnU-Net poly schedule
-runs through both, so the budget is every trainer's. The deployed network is the student (BCP evaluates the
+Departure, for nnU-Net's schedule: BCP's own SGD schedules (constant lr on ACDC, a fresh optimizer with step decay
+on LA) give way to one nnU-Net poly schedule through both stages, so the budget is every trainer's; docs/bcp.md lists
+the other departures. The deployed network is the student (BCP evaluates the
 student); the teacher is saved under the checkpoint's ``nnunet_semi`` key.
 """
 import torch
