@@ -40,9 +40,9 @@ def test_the_streams_and_their_weights_on_a_real_batch(tiny_dataset):
     trainer.on_train_end()
 
 
-@pytest.mark.parametrize('name, dice', [('nnUNetTrainerUniMatch', False), ('nnUNetTrainerUniMatch_DiceCE', True),
-                                        ('nnUNetTrainerFixMatch_DiceCE', True)])
-def test_the_dice_ce_variants_add_the_soft_dice_of_the_confident_voxels(tiny_dataset, name, dice):
+@pytest.mark.parametrize('name, dice', [('nnUNetTrainerUniMatch', True), ('nnUNetTrainerUniMatch_CE', False),
+                                        ('nnUNetTrainerFixMatch', True), ('nnUNetTrainerFixMatch_CE', False)])
+def test_the_pseudo_label_loss_adds_the_soft_dice_of_the_confident_voxels_unless_ce(tiny_dataset, name, dice):
     import math
     import torch
     trainer = trainer_from_args(tiny_dataset, name, 4, num_epochs=1)

@@ -11,11 +11,13 @@ Each iteration, on the labeled batch and the unlabeled batch u (its weak view: n
   same box;
 - L_pl: cross-entropy on the confident voxels at every deep-supervision scale (losses/pseudo_label.py), pseudo-labels
   and masks downsampled as nnU-Net downsamples its targets, with nnU-Net's scale weights; lambda_u = 1, no ramp-up
-  (FixMatch's); the plain mean over the confident voxels. ``pseudo_label_dice`` (``_DiceCE``) adds a soft Dice over
-  them, as nnU-Net's own DC+CE, whose Dice weighs each foreground class alike however few its voxels.
-  ``class_balanced`` (``_balanced``) weights each confident voxel by the inverse share of its pseudo-class among the
-  batch's confident voxels instead: on Hippocampus with one labeled case it amplified the early, wrong foreground
-  pseudo-labels and collapsed the training (docs/fixmatch.md).
+  (FixMatch's); the plain mean over the confident voxels, plus a soft Dice over them (``pseudo_label_dice``), nnU-Net's
+  own DC+CE form, whose Dice weighs each foreground class alike however few its voxels. Departure: FixMatch's loss is
+  the cross-entropy alone (``_CE``); with one labeled case the Dice term gained on every split measured
+  (docs/fixmatch.md).
+  ``class_balanced`` (``_balanced``) weights each confident voxel's cross-entropy by the inverse share of its
+  pseudo-class among the batch's confident voxels: measured with the cross-entropy alone, on Hippocampus with one
+  labeled case it amplified the early, wrong foreground pseudo-labels and collapsed the training (docs/fixmatch.md).
 
 ``_spatialWeak``: the weak view gets nnU-Net's spatial transforms and mirroring but not its intensity transforms
 (FixMatch's weak view is a flip and a shift only); the strong view then starts from the un-perturbed intensities.
@@ -37,7 +39,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
         self.confidence_threshold = 0.95  # tau
         self.unsupervised_weight = 1.0  # lambda_u
         self.class_balanced = False  # True: inverse-frequency weights of the pseudo-classes (docs/fixmatch.md)
-        self.pseudo_label_dice = False  # True: a soft Dice on the confident voxels beside their CE (nnU-Net's DC+CE)
+        self.pseudo_label_dice = True  # a soft Dice on the confident voxels beside their CE; False: CE alone (_CE)
         self.cutmix_probability = 1.0
         self.cutmix_area = (0.02, 0.4)  # of the patch
         # ema_teacher (the base's, False): True takes the pseudo-labels from an EMA of the network (decay ema_decay)
@@ -78,7 +80,7 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSemi):
 
 __all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, globals())
 for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True},
-                           'DiceCE': {'pseudo_label_dice': True},
+                           'CE': {'pseudo_label_dice': False},
                            'spatialWeak': {'unlabeled_intensity_transforms': False}}.items():
     _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
     __all__ += [_variant.__name__] + add_short_variants(_variant, globals())

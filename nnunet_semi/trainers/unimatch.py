@@ -11,9 +11,8 @@ Each iteration, with y, m the weak view's pseudo-labels and confidence mask (as 
   output (skips and bottleneck, as the authors' Dropout2d on all five), then the decoder;
 - the weights 0.25, 0.25, 0.5 of the authors' code (whose total also halves the supervised term: here nnU-Net's
   supervised loss keeps its weight 1, as in every trainer of this package), no ramp-up.
-The authors' unlabeled terms are Dice with an ignore mask; here the masked cross-entropy of the package's
-FixMatch (losses/pseudo_label.py), so the two trainers differ only in the streams. ``nnUNetTrainerUniMatch_DiceCE``
-adds the soft Dice over the confident voxels beside it (FixMatch's ``pseudo_label_dice``).
+L_pl is FixMatch's (losses/pseudo_label.py): cross-entropy and a soft Dice on the confident voxels; the authors'
+unlabeled terms are Dice with an ignore mask. ``nnUNetTrainerUniMatch_CE``: the cross-entropy alone.
 """
 import torch
 
@@ -51,5 +50,5 @@ class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
 
 
 __all__ = ['nnUNetTrainerUniMatch'] + add_short_variants(nnUNetTrainerUniMatch, globals())
-_variant = define_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_DiceCE', globals(), pseudo_label_dice=True)
+_variant = define_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_CE', globals(), pseudo_label_dice=False)
 __all__ += [_variant.__name__] + add_short_variants(_variant, globals())
