@@ -106,3 +106,31 @@ def test_symlog_ticks_are_numbers_and_one_legend_holds_both_axes():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ['supervised', 'weight']
     assert twin.get_legend() is None
     plt.close(fig)
+
+
+def test_each_optimizer_is_clipped_as_stock_clips_its_network():
+    """Two networks, one loss: the deployed one's gradient is clipped to nnU-Net's norm 12 on its own, as stock nnU-Net
+    clips it, not scaled down by the other's much larger gradient; a parameter in two optimizers is clipped once."""
+    from types import SimpleNamespace
+    from nnunetv2.utilities.helpers import dummy_context
+    from nnunet_semi.trainers.base import nnUNetTrainerSemi
+    torch.manual_seed(0)
+    v, a, shared = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1), torch.nn.Parameter(torch.ones(3))
+    x = torch.randn(8, 4)
+
+    def compute():  # d/dw of 10 * sum(w x) and 1000 * sum(w x): norms far above 12
+        return {'v': (10.0, v(x).sum() + shared.sum()), 'a': (1000.0, a(x).sum())}
+    raw = {}
+    for name, module, weight in (('v', v, 10.0), ('a', a, 1000.0)):
+        grads = torch.autograd.grad(weight * module(x).sum(), list(module.parameters()))
+        raw[name] = torch.cat([g.flatten() for g in grads])
+    raw['v'] = torch.cat((raw['v'], torch.full((3,), 10.0)))  # d(10 * sum(shared)) / d shared
+    optimizers = [torch.optim.SGD(list(v.parameters()) + [shared], lr=0.0),
+                  torch.optim.SGD(list(a.parameters()) + [shared], lr=0.0)]
+    fake = SimpleNamespace(grad_scaler=None, autocast=dummy_context,
+                           clip_per_optimizer=nnUNetTrainerSemi.clip_per_optimizer)
+    nnUNetTrainerSemi.optimization_step(fake, compute, optimizers)
+    for name, params in (('v', list(v.parameters()) + [shared]), ('a', list(a.parameters()))):
+        clipped = torch.cat([p.grad.flatten() for p in params])
+        assert raw[name].norm() > 12 and clipped.norm() == pytest.approx(12.0, rel=1e-4), name
+        assert torch.allclose(clipped, raw[name] * 12 / raw[name].norm(), rtol=1e-4), name

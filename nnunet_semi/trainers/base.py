@@ -26,10 +26,10 @@ Class attributes: ``uses_unlabeled_data = False`` (no unlabeled loader), ``singl
 ``compile_network = False`` (see there).
 
 The base does the rest once: a second loader of unlabeled batches, moving both batches to the device, autocast on
-CUDA, the weighted sum, gradient clipping over every trained parameter, stepping every optimizer that received
-gradients, logging each term (training log and progress.png), and saving everything beyond ``self.network`` under
-the ``nnunet_semi`` key of nnU-Net's own checkpoint files. ``self.network`` stays exactly the deployable network, so
-stock ``nnUNetv2_predict`` loads the result.
+CUDA, the weighted sum, gradient clipping per optimizer (as stock nnU-Net clips its network's), stepping every
+optimizer that received gradients, logging each term (training log and progress.png), and saving everything beyond
+``self.network`` under the ``nnunet_semi`` key of nnU-Net's own checkpoint files. ``self.network`` stays exactly the
+deployable network, so stock ``nnUNetv2_predict`` loads the result.
 """
 import os
 import random
@@ -257,15 +257,15 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         return [self.optimizer] + [opt for opt, _ in self.semi_optimizers.values()]
 
     @staticmethod
-    def _trained_parameters(optimizers: List[torch.optim.Optimizer]) -> List[torch.nn.Parameter]:
-        seen, params = set(), []
+    def clip_per_optimizer(optimizers: List[torch.optim.Optimizer], max_norm: float = 12) -> None:
+        """nnU-Net's gradient clipping (norm 12) of each optimizer's parameters on their own, as stock nnU-Net clips its
+        network's: a second network's or a head's large gradient does not shrink the deployed network's step. A
+        parameter two optimizers share is clipped with the first."""
+        seen = set()
         for opt in optimizers:
-            for group in opt.param_groups:
-                for p in group['params']:
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        params.append(p)
-        return params
+            params = [p for group in opt.param_groups for p in group['params'] if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -322,7 +322,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     def optimization_step(self, compute: Callable[[], LossTerms],
                           optimizers: List[torch.optim.Optimizer]) -> LossTerms:
         """Zero the gradients of ``optimizers``, run ``compute`` (the forward pass and loss terms, under autocast on
-        CUDA), back-propagate the weighted sum, clip the gradients of these optimizers' parameters and step them (with
+        CUDA), back-propagate the weighted sum, clip the gradients of each optimizer's parameters and step them (with
         nnU-Net's grad scaler on CUDA). Returns the terms."""
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -338,7 +338,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         if scaler is not None:
             for opt in optimizers:
                 scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(self._trained_parameters(optimizers), 12)
+        self.clip_per_optimizer(optimizers)
         for opt in optimizers:
             if scaler is None:
                 opt.step()
