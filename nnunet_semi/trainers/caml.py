@@ -17,7 +17,8 @@ one batch attend to each other. Each iteration, on the labeled + unlabeled batch
   at 40 % of the run if that comes first.
 
 Settings are attributes (see ``__init__``); the paper's ablations are the variants ``_noCMA``, ``_noOCC`` and
-``_MLonly`` (plain mutual learning of the two heterogeneous networks); ``_mutual010`` has lambda_c = 0.1.
+``_MLonly`` (plain mutual learning of the two heterogeneous networks); ``_mutual010`` has lambda_c = 0.1;
+``_FixMatch`` adds FixMatch's pseudo-label term of model V (trainers/weak_to_strong.py).
 docs/caml.md describes where this follows the authors' code, where nnU-Net's conventions replace it, and why.
 """
 import torch
@@ -30,6 +31,7 @@ from nnunet_semi.networks.parts import output_of
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.ramps import sigmoid_rampup
 from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 class nnUNetTrainerCAML(nnUNetTrainerSemi):
@@ -186,3 +188,4 @@ __all__ = ['nnUNetTrainerCAML'] + add_short_variants(nnUNetTrainerCAML, globals(
 for _suffix, _settings in ABLATIONS.items():
     _ablation = define_variant(nnUNetTrainerCAML, f'nnUNetTrainerCAML_{_suffix}', globals(), **_settings)
     __all__ += [_ablation.__name__] + add_short_variants(_ablation, globals())
+__all__ += add_fixmatch_variant(nnUNetTrainerCAML, globals())

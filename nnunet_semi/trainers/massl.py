@@ -16,6 +16,8 @@ Joint training (``nnUNetTrainerMASSLJoint``): one step on lambda L_S + (1 - lamb
 
 Options: ``attention = False`` reconstructs the plain image (the paper's no-attention ablation, ``_noAttention``);
 ``reconstruct_labeled = True`` also reconstructs the labeled images, attended by their ground truth (the poster).
+``nnUNetTrainerMASSL_FixMatch``, ``nnUNetTrainerMASSLJoint_FixMatch``: FixMatch's pseudo-label term of the deployed
+network (trainers/weak_to_strong.py) joins L_S in the step that trains E + D_S.
 """
 import torch
 
@@ -24,6 +26,7 @@ from nnunet_semi.networks.parts import decoder_parameters, frozen
 from nnunet_semi.networks.reconstruction import ReconstructionDecoder
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 class nnUNetTrainerMASSL(nnUNetTrainerSemi):
@@ -89,8 +92,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
             return super().train_iteration(labeled, unlabeled)
         data, target = labeled['data'], labeled['target']
         # 1. labeled step: E + D_S learn to segment
-        terms = self.optimization_step(lambda: {'segmentation': (1.0, self.loss(self.network(data), target))},
-                                       [self.optimizer])
+        terms = self.optimization_step(lambda: self.compute_losses(labeled, unlabeled), [self.optimizer])
         # 2. unlabeled step: E + D_R learn to reconstruct the attended images, D_S stays as it is
         images = torch.cat((data, unlabeled['data'])) if self.reconstruct_labeled else unlabeled['data']
 
@@ -103,8 +105,12 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
             terms.update(self.optimization_step(reconstruction, [self.semi_optimizers['reconstruction'][0]]))
         return terms
 
-    def compute_losses(self, labeled, unlabeled):  # joint training: one pass over both batches
+    def compute_losses(self, labeled, unlabeled):
+        """The terms of the step that trains E + D_S: alternating, L_S of the labeled batch; joint, one pass over both
+        batches for L_S and L_R."""
         n, target = labeled['data'].shape[0], labeled['target']
+        if self.alternating:
+            return {'segmentation': (1.0, self.loss(self.network(labeled['data']), target))}
         x = torch.cat((labeled['data'], unlabeled['data']))
         first = 0 if self.reconstruct_labeled else n  # the images to reconstruct are x[first:]
         segmentation, reconstruction = self.segment_and_reconstruct(x, first)
@@ -112,6 +118,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
                 'reconstruction': (1 - self.segmentation_weight, self.reconstruction_loss(
                     x[first:], self.full_resolution(segmentation)[first:], reconstruction,
                     self.labels_to_reconstruct(target)))}
+
 
 class nnUNetTrainerMASSLJoint(nnUNetTrainerMASSL):
     """MASSL with joint training: one step on 0.9 L_S + 0.1 L_R (the poster's "MASSL (0.9)")."""
@@ -126,4 +133,4 @@ __all__ = []
 for _base in (nnUNetTrainerMASSL, nnUNetTrainerMASSLJoint):
     _ablation = define_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False)
     __all__ += [_base.__name__, _ablation.__name__] + add_short_variants(_base, globals()) + \
-        add_short_variants(_ablation, globals())
+        add_short_variants(_ablation, globals()) + add_fixmatch_variant(_base, globals())

@@ -8,6 +8,9 @@ independent Gaussian noise; the weight of that consistency term ramps up along a
 The deployed network (``self.network``, what nnU-Net validates, checkpoints and predicts with) is the student, as in
 the medical reference code (UA-MT, SSL4MIS), which evaluates the student; the teacher is saved under the
 checkpoint's ``nnunet_semi`` key.
+
+``nnUNetTrainerMeanTeacher_FixMatch``: FixMatch's term beside the consistency (trainers/weak_to_strong.py): the
+teacher's confident pseudo-labels of the unlabeled batch supervise the student on a strong view of it.
 """
 import torch
 
@@ -15,6 +18,7 @@ from nnunet_semi.losses.consistency import softmax_mse
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.ramps import sigmoid_rampup
 from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
@@ -46,4 +50,5 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
                 'consistency': (self.consistency_weight_now(), consistency)}
 
 
-__all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals())
+__all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals()) + \
+    add_fixmatch_variant(nnUNetTrainerMeanTeacher, globals())

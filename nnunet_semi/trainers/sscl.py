@@ -16,7 +16,8 @@ unlabeled batch:
 The deployed network (``self.network``) is the whole two-pass model; nnU-Net builds it from this class at
 prediction time, so ``nnUNetv2_predict`` with nnunet_semi installed predicts with it. Options: ``inpaint_labeled``
 (the labeled images get the inpainting loss too; the authors' code: no) and the paper's fusion ablations as
-trainers, ``nnUNetTrainerSSCL_add`` and ``nnUNetTrainerSSCL_concat``.
+trainers, ``nnUNetTrainerSSCL_add`` and ``nnUNetTrainerSSCL_concat``. ``nnUNetTrainerSSCL_FixMatch``: FixMatch's
+pseudo-label term of the two-pass network (trainers/weak_to_strong.py) beside L_seg and L_inp.
 """
 import torch
 
@@ -26,6 +27,7 @@ from nnunet_semi.losses.inpainting import inpainting_loss
 from nnunet_semi.networks.sscl import SSCLNetwork, foreground
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 class nnUNetTrainerSSCL(nnUNetTrainerSemi):
@@ -80,3 +82,4 @@ class nnUNetTrainerSSCL_concat(nnUNetTrainerSSCL):
 __all__ = []
 for _trainer in (nnUNetTrainerSSCL, nnUNetTrainerSSCL_add, nnUNetTrainerSSCL_concat):
     __all__ += [_trainer.__name__] + add_short_variants(_trainer, globals())
+__all__ += add_fixmatch_variant(nnUNetTrainerSSCL, globals())

@@ -28,8 +28,7 @@ def define_variant(base: type, name: str, namespace: dict, mixins: tuple = (), *
         for key, value in settings.items():
             setattr(self, key, value)
 
-    doc = ', '.join(f'{k}={v}' for k, v in settings.items())
-    doc += ''.join(f', {m.__name__}' for m in mixins)
+    doc = ', '.join([f'{k}={v}' for k, v in settings.items()] + [m.__name__ for m in mixins])
     cls = type(name, (*mixins, base), {'__init__': __init__, '__module__': module, '__qualname__': name,
                                        '__doc__': f'{base.__name__} with {doc}.'})
     namespace[name] = cls
