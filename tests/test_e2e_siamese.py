@@ -43,10 +43,10 @@ def test_pretrain_then_finetune_with_pretrained_weights_then_predict(tiny_datase
         assert 'WARNING: no -pretrained_weights' not in finetune_log
         schedule = torch.load(model_folder(ds, finetune, configuration, 0) / 'checkpoint_final.pth',
                               map_location='cpu', weights_only=False)['logging']
-        # CE 0.6 -> 0.2 over half of the 3 epochs; the Dice weight is the rest
-        assert np.allclose(schedule['weight_ce'], [0.6, 0.6 - 0.4 / 1.5, 0.2])
-        assert np.allclose(np.add(schedule['weight_ce'], schedule['weight_dice']), 1)
-        assert 'loss weights: CE 0.600, Dice 0.400' in finetune_log
+        # CE share 0.6 -> 0.2 over half of the 3 epochs, the Dice the rest, both summing to stock's 1 + 1
+        assert np.allclose(schedule['weight_ce'], [1.2, 2 * (0.6 - 0.4 / 1.5), 0.4])
+        assert np.allclose(np.add(schedule['weight_ce'], schedule['weight_dice']), 2)
+        assert 'loss weights: CE 1.200, Dice 0.800' in finetune_log
         # the curves of both trainings: nnU-Net's per-epoch pseudo Dice, and the fine-tuning's final validation Dice
         folders = [pretrain_folder, model_folder(ds, finetune, configuration, 0)]
         table = run(['nnunet_semi', 'curves', *folders, '-l', 'pretraining', 'fine-tuning', '-o', tmp_path / 'c.png'],
@@ -94,6 +94,9 @@ def test_finetune_schedule_and_its_terms_are_nnunets_loss(tiny_dataset):
     ds = tiny_dataset
     t = trainer_from_args(ds, 'nnUNetTrainerSiameseFinetune', 4, num_epochs=100)
     assert [t.ce_weight(e) for e in (0, 25, 50, 99)] == pytest.approx([0.6, 0.4, 0.2, 0.2])
+    assert t.loss_weights(25) == pytest.approx((0.8, 1.2))
+    paper = trainer_from_args(ds, 'nnUNetTrainerSiameseFinetune_paperScale', 4, num_epochs=100)
+    assert paper.loss_weights(25) == pytest.approx((0.4, 0.6))
     loader, _ = t.get_dataloaders()
     batch = next(loader)
     with torch.no_grad():

@@ -20,9 +20,10 @@ Transfer. The checkpoint is an ordinary nnU-Net checkpoint of the planned networ
 as initialised, never trained; segmentation layers are not transferred by nnU-Net).
 
 Fine-tuning (``nnUNetTrainerSiameseFinetune``): nnU-Net's training with the paper's loss schedule, CE (BCE for
-regions) weight 0.6 and Dice 0.4 at the start, moving linearly to ``ce_weight_end`` (0.2, the weights of the
+regions) share 0.6 and Dice 0.4 at the start, moving linearly to ``ce_weight_end`` (0.2, the weights of the
 authors' released code) over the first ``ce_shift_fraction`` (half) of the epochs, then constant. The paper gives no
-end point or pace; both are options.
+end point or pace; both are options. The weights sum to 2 (``weight_sum``), as stock nnU-Net's CE 1 + Dice 1, so
+that only the balance differs from stock; the paper's sum to 1 (``_paperScale``).
 """
 import copy
 
@@ -166,10 +167,19 @@ class nnUNetTrainerSiameseFinetune(nnUNetTrainerSemi):
         self.ce_weight_start = 0.6  # the paper: 0.6 CE + 0.4 Dice at the start
         self.ce_weight_end = 0.2  # the authors' released code: 0.2 BCE + 0.8 Dice
         self.ce_shift_fraction = 0.5  # the CE weight moves linearly over this share of the epochs, then stays
+        # the two weights sum to stock nnU-Net's CE 1 + Dice 1, so the step is as large as stock's; the paper's sum
+        # to 1 (_paperScale), which under nnU-Net's fixed SGD schedule halves every step
+        self.weight_sum = 2.0
 
     def ce_weight(self, epoch: int) -> float:
+        """The CE share of the loss weights at ``epoch`` (the paper's 0.6 -> 0.2); the Dice has the rest."""
         t = linear_rampup(epoch, self.ce_shift_fraction * self.num_epochs)
         return self.ce_weight_start + (self.ce_weight_end - self.ce_weight_start) * t
+
+    def loss_weights(self, epoch: int):
+        """(CE weight, Dice weight) at ``epoch``, summing to ``weight_sum``."""
+        w = self.ce_weight(epoch)
+        return self.weight_sum * w, self.weight_sum * (1 - w)
 
     def _build_loss(self):
         loss = super()._build_loss()
@@ -183,14 +193,14 @@ class nnUNetTrainerSiameseFinetune(nnUNetTrainerSemi):
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        w = self.ce_weight(self.current_epoch)
-        self.loss = with_weights(self.loss, w, 1 - w)  # nnU-Net's validation loss follows the schedule too
-        self.print_to_log_file(f'loss weights: CE {w:.3f}, Dice {1 - w:.3f}')
+        ce, dice = self.loss_weights(self.current_epoch)
+        self.loss = with_weights(self.loss, ce, dice)  # nnU-Net's validation loss follows the schedule too
+        self.print_to_log_file(f'loss weights: CE {ce:.3f}, Dice {dice:.3f}')
 
     def compute_losses(self, labeled, unlabeled):
         output, target = self.network(labeled['data']), labeled['target']
-        w = self.ce_weight(self.current_epoch)
-        return {'ce': (w, self.ce_term(output, target)), 'dice': (1 - w, self.dice_term(output, target))}
+        ce, dice = self.loss_weights(self.current_epoch)
+        return {'ce': (ce, self.ce_term(output, target)), 'dice': (dice, self.dice_term(output, target))}
 
 
 __all__ = ['nnUNetTrainerSiamesePretrain', 'nnUNetTrainerSiameseFinetune']
@@ -202,3 +212,6 @@ __all__.append(define_variant(nnUNetTrainerSiamesePretrain, 'nnUNetTrainerSiames
                               proxy_regions=OCTANTS).__name__)
 __all__ += add_short_variants(nnUNetTrainerSiamesePretrain, globals())
 __all__ += add_short_variants(nnUNetTrainerSiameseFinetune, globals())
+_paper_scale = define_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_paperScale', globals(),
+                              weight_sum=1.0)
+__all__ += [_paper_scale.__name__] + add_short_variants(_paper_scale, globals())
