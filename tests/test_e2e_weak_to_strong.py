@@ -49,3 +49,20 @@ def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
         out = trainer.train_step(next(trainer.dataloader_train))
         assert out['metric_confident_share'] == 0.0 and out['term_pseudo_label'] == 0.0
     trainer.on_train_end()
+
+
+def test_the_teacher_is_deployed_at_the_end_of_training(tiny_dataset):
+    from nnunet_semi.trainers.base import unwrap
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerMeanTeacher_deployTeacher', 4, num_epochs=1)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    for _ in range(2):
+        trainer.train_step(next(trainer.dataloader_train))
+    teacher = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    assert any(not torch.equal(v, unwrap(trainer.network).state_dict()[k]) for k, v in teacher.items())
+    trainer.on_train_end()
+    final = torch.load(f'{trainer.output_folder}/checkpoint_final.pth', map_location='cpu', weights_only=False)
+    assert all(torch.equal(final['network_weights'][k], v) for k, v in teacher.items())
+    assert all(torch.equal(unwrap(trainer.network).state_dict()[k], v) for k, v in teacher.items())

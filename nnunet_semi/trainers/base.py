@@ -11,7 +11,8 @@ A method subclasses the base and writes only its own parts:
   SGD for parameters that ``self.optimizer`` does not train; ``self.ema_teacher = True`` in ``__init__`` gives the
   method ``self.teacher``, an exponential moving average of ``self.network`` that the base builds, starts from the
   network's weights (pretrained ones included), updates after every iteration (decay ``self.ema_decay``, 0.99, with
-  Tarvainen & Valpola's warm-up), saves and restores;
+  Tarvainen & Valpola's warm-up), saves and restores; ``self.deploy_teacher = True`` makes the teacher's weights the
+  deployed network's at the end of training (checkpoint_final.pth, nnU-Net's final validation);
 - ``compute_losses(labeled, unlabeled)``: the forward pass and the loss terms of one iteration, as
   ``{name: (weight, loss)}``; a value that is not a loss (an accuracy) has weight None: it is logged, not trained;
   ``unlabeled`` is None where the method has no unlabeled stream, or none yet (a warm-up);
@@ -97,6 +98,7 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.iteration = 0  # global training iteration, the clock of ramp-ups and EMA
         self.ema_teacher = False  # True: self.teacher, an EMA of self.network (see the module's docstring)
         self.ema_decay = 0.99
+        self.deploy_teacher = False  # True: at the end of training the EMA teacher's weights become self.network's
         self.teacher = None
         self.semi_optimizers: Dict[str, Tuple[torch.optim.Optimizer, PolyLRScheduler]] = {}
         self.semi_restored = False  # True once load_checkpoint restored the nnunet_semi state
@@ -248,6 +250,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         self.on_semi_train_start(self.semi_restored)
 
     def on_train_end(self):
+        if self.deploy_teacher and self.teacher is not None:  # before nnU-Net writes checkpoint_final and validates
+            unwrap(self.network).load_state_dict(self.teacher.state_dict())
+            self.print_to_log_file('The EMA teacher is the deployed network: checkpoint_final.pth and the final '
+                                   'validation hold its weights')
         super().on_train_end()
         stop_workers(self.dataloader_unlabeled)
 

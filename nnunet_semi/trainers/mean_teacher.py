@@ -7,7 +7,8 @@ independent Gaussian noise; the weight of that consistency term ramps up along a
 
 The deployed network (``self.network``, what nnU-Net validates, checkpoints and predicts with) is the student, as in
 the medical reference code (UA-MT, SSL4MIS), which evaluates the student; the teacher is saved under the
-checkpoint's ``nnunet_semi`` key.
+checkpoint's ``nnunet_semi`` key. ``nnUNetTrainerMeanTeacher_deployTeacher`` deploys the teacher instead (its weights
+become the network's at the end of training).
 
 ``nnUNetTrainerMeanTeacher_FixMatch``: FixMatch's term beside the consistency (trainers/weak_to_strong.py): the
 teacher's confident pseudo-labels of the unlabeled batch supervise the student on a strong view of it.
@@ -17,7 +18,7 @@ import torch
 from nnunet_semi.losses.consistency import softmax_mse
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.ramps import sigmoid_rampup
-from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.variants import add_short_variants, define_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -52,3 +53,6 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
 __all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals()) + \
     add_fixmatch_variant(nnUNetTrainerMeanTeacher, globals())
+_variant = define_variant(nnUNetTrainerMeanTeacher, 'nnUNetTrainerMeanTeacher_deployTeacher', globals(),
+                          deploy_teacher=True)
+__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
