@@ -94,6 +94,14 @@ def test_alternating_steps_update_what_the_paper_says(tiny_dataset):
         assert all(p.grad is None for p in decoder_parameters(trainer.network.decoder))
         encoder_grads.append(torch.cat([p.grad.flatten() for p in trainer.network.encoder.parameters()]))
     assert not torch.allclose(*encoder_grads)
+    # detach_attention: the reconstruction's gradient reaches the encoder as with detached maps, through D_R alone
+    trainer.detach_attention = True
+    trainer.network.zero_grad(set_to_none=True)
+    with frozen(decoder_parameters(trainer.network.decoder)):
+        seg, rec = trainer.segment_and_reconstruct(batch)
+        trainer.reconstruction_loss(batch, trainer.full_resolution(seg), rec).backward()
+    assert torch.allclose(torch.cat([p.grad.flatten() for p in trainer.network.encoder.parameters()]),
+                          encoder_grads[1], rtol=1e-4, atol=1e-7)
 
 
 def test_joint_step_and_options_on_a_real_batch(tiny_dataset):

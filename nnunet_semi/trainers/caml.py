@@ -17,7 +17,9 @@ one batch attend to each other. Each iteration, on the labeled + unlabeled batch
   at 40 % of the run if that comes first.
 
 Settings are attributes (see ``__init__``); the paper's ablations are the variants ``_noCMA``, ``_noOCC`` and
-``_MLonly`` (plain mutual learning of the two heterogeneous networks); ``_mutual010`` has lambda_c = 0.1;
+``_MLonly`` (plain mutual learning of the two heterogeneous networks); ``_mutual010`` has lambda_c = 0.1,
+``_stockSupervised`` lambda_s = 1 (nnU-Net's weight of its loss under its SGD schedule; the paper's 0.5 comes with
+another optimiser);
 ``_FixMatch`` adds FixMatch's pseudo-label term of model V (trainers/weak_to_strong.py).
 docs/caml.md describes where this follows the authors' code, where nnU-Net's conventions replace it, and why.
 """
@@ -182,7 +184,8 @@ def voxel_rows(features: torch.Tensor) -> torch.Tensor:
 
 ABLATIONS = {'noCMA': {'use_cma': False}, 'noOCC': {'use_occ': False},
              'MLonly': {'use_cma': False, 'use_occ': False},
-             'mutual010': {'mutual_weight': 0.1}}  # not the paper's: lambda_c 0.1 instead of 1.0 (docs/caml.md)
+             'mutual010': {'mutual_weight': 0.1},  # not the paper's: lambda_c 0.1 instead of 1.0 (docs/caml.md)
+             'stockSupervised': {'supervised_weight': 1.0}}  # not the paper's: nnU-Net's weight 1 on V's and A's loss
 
 __all__ = ['nnUNetTrainerCAML'] + add_short_variants(nnUNetTrainerCAML, globals())
 for _suffix, _settings in ABLATIONS.items():

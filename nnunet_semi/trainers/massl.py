@@ -16,6 +16,8 @@ Joint training (``nnUNetTrainerMASSLJoint``): one step on lambda L_S + (1 - lamb
 
 Options: ``attention = False`` reconstructs the plain image (the paper's no-attention ablation, ``_noAttention``);
 ``reconstruct_labeled = True`` also reconstructs the labeled images, attended by their ground truth (the poster).
+``detach_attention = True`` (``_detached``) detaches the attention maps, so that L_R trains E only through D_R and
+never pulls the segmentation of unlabeled images toward what is easy to reconstruct.
 ``nnUNetTrainerMASSL_FixMatch``, ``nnUNetTrainerMASSLJoint_FixMatch``: FixMatch's pseudo-label term of the deployed
 network (trainers/weak_to_strong.py) joins L_S in the step that trains E + D_S.
 """
@@ -41,6 +43,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         self.segmentation_weight = 0.9  # joint: lambda, and 1 - lambda on the reconstruction
         self.attention = True  # False: reconstruct the plain image (no-attention ablation)
         self.reconstruct_labeled = False  # True: labeled images are reconstructed too, attended by ground truth
+        self.detach_attention = False  # True: L_R does not move the segmentation through its attention maps
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
@@ -79,7 +82,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         if not self.attention:
             maps = images.new_ones((images.shape[0], 1, *images.shape[2:]))
         else:
-            maps = attention_maps(logits, self.label_manager.has_regions)
+            maps = attention_maps(logits.detach() if self.detach_attention else logits, self.label_manager.has_regions)
             if labels is not None:
                 maps = torch.cat((label_maps(labels, maps.shape[1]), maps[labels.shape[0]:]))
         return attention_reconstruction_loss(reconstruction, images, maps)
@@ -132,5 +135,7 @@ class nnUNetTrainerMASSLJoint(nnUNetTrainerMASSL):
 __all__ = []
 for _base in (nnUNetTrainerMASSL, nnUNetTrainerMASSLJoint):
     _ablation = define_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False)
-    __all__ += [_base.__name__, _ablation.__name__] + add_short_variants(_base, globals()) + \
-        add_short_variants(_ablation, globals()) + add_fixmatch_variant(_base, globals())
+    _detached = define_variant(_base, f'{_base.__name__}_detached', globals(), detach_attention=True)
+    __all__ += [_base.__name__, _ablation.__name__, _detached.__name__] + add_short_variants(_base, globals()) + \
+        add_short_variants(_ablation, globals()) + add_short_variants(_detached, globals()) + \
+        add_fixmatch_variant(_base, globals())

@@ -18,6 +18,8 @@ prediction time, so ``nnUNetv2_predict`` with nnunet_semi installed predicts wit
 (the labeled images get the inpainting loss too; the authors' code: no) and the paper's fusion ablations as
 trainers, ``nnUNetTrainerSSCL_add`` and ``nnUNetTrainerSSCL_concat``. ``nnUNetTrainerSSCL_FixMatch``: FixMatch's
 pseudo-label term of the two-pass network (trainers/weak_to_strong.py) beside L_seg and L_inp.
+``nnUNetTrainerSSCL_stockSupervised``: lambda_1 = 1, nnU-Net's weight of its supervised loss under its SGD schedule
+(the paper's 2 comes with another optimiser).
 """
 import torch
 
@@ -26,7 +28,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_semi.losses.inpainting import inpainting_loss
 from nnunet_semi.networks.sscl import SSCLNetwork, foreground
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
-from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.variants import add_short_variants, define_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -83,3 +85,5 @@ __all__ = []
 for _trainer in (nnUNetTrainerSSCL, nnUNetTrainerSSCL_add, nnUNetTrainerSSCL_concat):
     __all__ += [_trainer.__name__] + add_short_variants(_trainer, globals())
 __all__ += add_fixmatch_variant(nnUNetTrainerSSCL, globals())
+_variant = define_variant(nnUNetTrainerSSCL, 'nnUNetTrainerSSCL_stockSupervised', globals(), segmentation_weight=1.0)
+__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
