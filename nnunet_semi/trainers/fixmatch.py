@@ -18,7 +18,6 @@ labeled case it amplified the early, wrong foreground pseudo-labels and collapse
 
 The share of confident voxels is logged beside the terms. The deployed network is nnU-Net's plain network.
 """
-import torch
 
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.variants import add_short_variants, define_variant
