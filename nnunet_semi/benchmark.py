@@ -58,6 +58,15 @@ def stages(method: str) -> List[str]:
     return method.split(':')
 
 
+def shared_folders(methods: List[str]) -> List[str]:
+    """Trainers that two entries of -tr would train in one model folder: one trained after a pretraining ('A:B') and
+    also on its own or after another pretraining. A shared first stage ('A:B' and 'A:C') is one training, not a
+    clash."""
+    later = [t for m in methods for t in stages(m)[1:]]
+    first = {stages(m)[0] for m in methods}
+    return sorted({t for t in later if later.count(t) > 1 or t in first})
+
+
 def console(cmd: List[str], **kwargs) -> subprocess.CompletedProcess:
     """Run one of this environment's console scripts (nnUNetv2_train, ...), also when its bin folder is not on PATH."""
     return subprocess.run([executable(cmd[0])] + cmd[1:], **kwargs)
@@ -534,6 +543,11 @@ def main(argv=None):
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     epochs = args.epochs
+    clashes = shared_folders(args.tr)
+    if clashes:
+        raise SystemExit(f'nnUNetv2_semi_benchmark: {", ".join(clashes)} would be trained after a pretraining and '
+                         f'again in -tr, in one model folder of each split, and the second would read the first\'s '
+                         f'result. Benchmark the other one in its own output folder (-o), or under a subclass\'s name.')
     if epochs != 'smoke' and not epochs.isdigit():
         raise SystemExit(f'nnUNetv2_semi_benchmark: --epochs {epochs}: give a number of epochs or smoke')
     dataset = maybe_convert_to_dataset_name(args.d)

@@ -102,6 +102,14 @@ def test_a_failed_training_names_its_log(bench, monkeypatch):
         b.train(Run('TFine', 1, 0))
 
 
+def test_a_trainer_after_a_pretraining_and_again_is_refused(tmp_path, monkeypatch):
+    assert benchmark.shared_folders(['P:F', 'F', 'Q:G', 'R:G', 'P:H', 'M']) == ['F', 'G']  # P shared: one training
+    monkeypatch.setenv('nnUNet_results', str(tmp_path / 'results'))
+    with pytest.raises(SystemExit, match=r'F would be trained after a pretraining and again in -tr'):
+        benchmark.main(['-d', 'Dataset777_Fake', '-c', '2d', '-n', '1', '-tr', 'P:F', 'F'])
+    assert not (tmp_path / 'results').exists()
+
+
 def test_missing_plans_or_configuration_name_the_file(tmp_path, monkeypatch):
     folder = tmp_path / 'preprocessed' / 'Dataset777_Fake'
     folder.mkdir(parents=True)
