@@ -215,3 +215,7 @@ __all__ += add_short_variants(nnUNetTrainerSiameseFinetune, globals())
 _paper_scale = define_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_paperScale', globals(),
                               weight_sum=1.0)
 __all__ += [_paper_scale.__name__] + add_short_variants(_paper_scale, globals())
+# the same training under its own name, for the benchmark's from-scratch control beside the pretrained chain (one
+# trainer name is one model folder per split)
+_control = define_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_fromScratch', globals())
+__all__ += [_control.__name__] + add_short_variants(_control, globals())
