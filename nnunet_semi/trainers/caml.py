@@ -32,7 +32,7 @@ from nnunet_semi.networks.memory_bank import LabeledEmbeddingBank
 from nnunet_semi.networks.parts import output_of
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.ramps import sigmoid_rampup
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -189,6 +189,5 @@ ABLATIONS = {'noCMA': {'use_cma': False}, 'noOCC': {'use_occ': False},
 
 __all__ = ['nnUNetTrainerCAML'] + add_short_variants(nnUNetTrainerCAML, globals())
 for _suffix, _settings in ABLATIONS.items():
-    _ablation = define_variant(nnUNetTrainerCAML, f'nnUNetTrainerCAML_{_suffix}', globals(), **_settings)
-    __all__ += [_ablation.__name__] + add_short_variants(_ablation, globals())
+    __all__ += add_variant(nnUNetTrainerCAML, f'nnUNetTrainerCAML_{_suffix}', globals(), **_settings)
 __all__ += add_fixmatch_variant(nnUNetTrainerCAML, globals())

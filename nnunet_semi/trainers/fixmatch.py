@@ -20,13 +20,12 @@ The share of confident voxels is logged beside the terms. The deployed network i
 """
 
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 from nnunet_semi.trainers.weak_to_strong import WeakToStrong
 
 
 class nnUNetTrainerFixMatch(WeakToStrong, nnUNetTrainerSemi):
-    # settings (WeakToStrong's): confidence_threshold 0.95, unsupervised_weight 1, pseudo_label_dice True,
-    # class_balanced False, cutmix_probability 1, cutmix_area (0.02, 0.4); ema_teacher (the base's) False
+    # settings: WeakToStrong's (trainers/weak_to_strong.py) and the base's ema_teacher (False)
 
     def compute_losses(self, labeled, unlabeled):
         return {'supervised': (1.0, self.loss(self.network(labeled['data']), labeled['target'])),
@@ -37,5 +36,4 @@ __all__ = ['nnUNetTrainerFixMatch'] + add_short_variants(nnUNetTrainerFixMatch, 
 for _suffix, _settings in {'balanced': {'class_balanced': True}, 'EMA': {'ema_teacher': True},
                            'CE': {'pseudo_label_dice': False},
                            'spatialWeak': {'unlabeled_intensity_transforms': False}}.items():
-    _variant = define_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)
-    __all__ += [_variant.__name__] + add_short_variants(_variant, globals())
+    __all__ += add_variant(nnUNetTrainerFixMatch, f'nnUNetTrainerFixMatch_{_suffix}', globals(), **_settings)

@@ -27,7 +27,7 @@ from nnunet_semi.losses.reconstruction import attention_maps, attention_reconstr
 from nnunet_semi.networks.parts import decoder_parameters, frozen
 from nnunet_semi.networks.reconstruction import ReconstructionDecoder
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -134,8 +134,7 @@ class nnUNetTrainerMASSLJoint(nnUNetTrainerMASSL):
 
 __all__ = []
 for _base in (nnUNetTrainerMASSL, nnUNetTrainerMASSLJoint):
-    _ablation = define_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False)
-    _detached = define_variant(_base, f'{_base.__name__}_detached', globals(), detach_attention=True)
-    __all__ += [_base.__name__, _ablation.__name__, _detached.__name__] + add_short_variants(_base, globals()) + \
-        add_short_variants(_ablation, globals()) + add_short_variants(_detached, globals()) + \
+    __all__ += [_base.__name__] + add_short_variants(_base, globals()) + \
+        add_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False) + \
+        add_variant(_base, f'{_base.__name__}_detached', globals(), detach_attention=True) + \
         add_fixmatch_variant(_base, globals())

@@ -18,7 +18,7 @@ import torch
 from nnunet_semi.losses.consistency import softmax_mse
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.ramps import sigmoid_rampup
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -53,6 +53,5 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
 __all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals()) + \
     add_fixmatch_variant(nnUNetTrainerMeanTeacher, globals())
-_variant = define_variant(nnUNetTrainerMeanTeacher, 'nnUNetTrainerMeanTeacher_deployTeacher', globals(),
-                          deploy_teacher=True)
-__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
+__all__ += add_variant(nnUNetTrainerMeanTeacher, 'nnUNetTrainerMeanTeacher_deployTeacher', globals(),
+                       deploy_teacher=True)

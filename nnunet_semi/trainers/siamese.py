@@ -43,7 +43,7 @@ from nnunet_semi.losses.siamese import siamese_contrastive_loss
 from nnunet_semi.networks.siamese import BottleneckEmbedding
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.ramps import linear_rampup
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant, define_variant
 
 
 class nnUNetTrainerSiamesePretrain(nnUNetTrainerSemi):
@@ -212,10 +212,8 @@ __all__.append(define_variant(nnUNetTrainerSiamesePretrain, 'nnUNetTrainerSiames
                               proxy_regions=OCTANTS).__name__)
 __all__ += add_short_variants(nnUNetTrainerSiamesePretrain, globals())
 __all__ += add_short_variants(nnUNetTrainerSiameseFinetune, globals())
-_paper_scale = define_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_paperScale', globals(),
-                              weight_sum=1.0)
-__all__ += [_paper_scale.__name__] + add_short_variants(_paper_scale, globals())
+__all__ += add_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_paperScale', globals(),
+                       weight_sum=1.0)
 # the same training under its own name, for the benchmark's from-scratch control beside the pretrained chain (one
 # trainer name is one model folder per split)
-_control = define_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_fromScratch', globals())
-__all__ += [_control.__name__] + add_short_variants(_control, globals())
+__all__ += add_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_fromScratch', globals())

@@ -28,7 +28,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_semi.losses.inpainting import inpainting_loss
 from nnunet_semi.networks.sscl import SSCLNetwork, foreground
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
@@ -85,5 +85,4 @@ __all__ = []
 for _trainer in (nnUNetTrainerSSCL, nnUNetTrainerSSCL_add, nnUNetTrainerSSCL_concat):
     __all__ += [_trainer.__name__] + add_short_variants(_trainer, globals())
 __all__ += add_fixmatch_variant(nnUNetTrainerSSCL, globals())
-_variant = define_variant(nnUNetTrainerSSCL, 'nnUNetTrainerSSCL_stockSupervised', globals(), segmentation_weight=1.0)
-__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
+__all__ += add_variant(nnUNetTrainerSSCL, 'nnUNetTrainerSSCL_stockSupervised', globals(), segmentation_weight=1.0)

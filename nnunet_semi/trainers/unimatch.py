@@ -19,7 +19,7 @@ import torch
 from nnunet_semi.data.strong_views import FeatureDropout
 from nnunet_semi.trainers.base import unwrap
 from nnunet_semi.trainers.fixmatch import nnUNetTrainerFixMatch
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 
 
 class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
@@ -50,5 +50,4 @@ class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
 
 
 __all__ = ['nnUNetTrainerUniMatch'] + add_short_variants(nnUNetTrainerUniMatch, globals())
-_variant = define_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_CE', globals(), pseudo_label_dice=False)
-__all__ += [_variant.__name__] + add_short_variants(_variant, globals())
+__all__ += add_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_CE', globals(), pseudo_label_dice=False)

@@ -35,6 +35,13 @@ def define_variant(base: type, name: str, namespace: dict, mixins: tuple = (), *
     return cls
 
 
+def add_variant(base: type, name: str, namespace: dict, mixins: tuple = (), **settings) -> list:
+    """``define_variant`` and the variant's short schedules (``add_short_variants``) in ``namespace``; returns their
+    names, the variant's first, for the module's ``__all__``."""
+    variant = define_variant(base, name, namespace, mixins, **settings)
+    return [name] + add_short_variants(variant, namespace)
+
+
 def schedule_name(trainer: str, epochs) -> str:
     """The trainer class with that schedule (a number of epochs, or 'smoke'), named as nnU-Net names its own
     (``nnUNetTrainer_20epochs``); nnU-Net's default 1000 epochs is the trainer itself."""

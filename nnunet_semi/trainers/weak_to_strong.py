@@ -25,7 +25,7 @@ import torch
 
 from nnunet_semi.data.strong_views import cutmix_boxes, intensity_view, mix
 from nnunet_semi.losses.pseudo_label import class_balance_weights, masked_pseudo_label_loss, pseudo_labels
-from nnunet_semi.trainers.variants import add_short_variants, define_variant
+from nnunet_semi.trainers.variants import add_variant
 
 
 class WeakToStrong:
@@ -84,5 +84,4 @@ class FixMatchTerm(WeakToStrong):
 def add_fixmatch_variant(base: type, namespace: dict) -> list:
     """Define ``<base>_FixMatch``, ``base`` with FixMatch's term, and its short schedules in ``namespace`` (a module's
     globals()); returns their names."""
-    variant = define_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,))
-    return [variant.__name__] + add_short_variants(variant, namespace)
+    return add_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,))
