@@ -17,7 +17,7 @@ import torch
 from nnunet_semi.data.pseudo_labels import file_stem, write_pseudo_labels
 from nnunet_semi.data.unlabeled import committed_cases
 from nnunet_semi.losses.local_contrastive import local_contrastive_loss
-from nnunet_semi.trainers.pl_contrast import contrastive_pairs, round_starts
+from nnunet_semi.trainers.pl_contrast import contrastive_pairs, round_starts, viewed_images
 
 R = 1 / math.sqrt(2)
 
@@ -89,6 +89,9 @@ def test_round_schedule_and_pairs():
     # labeled i with unlabeled i, then each image with the next within its group
     assert contrastive_pairs(2, 3) == [(0, 2), (1, 3), (0, 1), (2, 3), (3, 4), (4, 2)]
     assert contrastive_pairs(1, 1) == [(0, 1)]
+    # every other image of each group gets a second view, appended after the batch and paired with its original
+    assert viewed_images(2, 3) == [0, 2, 4]
+    assert contrastive_pairs(2, 3, viewed_images(2, 3))[-3:] == [(0, 5), (2, 6), (4, 7)]
 
 
 SEGMENT = '''

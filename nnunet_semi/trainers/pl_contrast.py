@@ -13,8 +13,10 @@ data. The authors ran it as separate manual stages; here the stages run by thems
 
    L_local (losses/local_contrastive.py) on the 16-d pixel embeddings of a two-layer 1x1 projection head on the last
    decoder stage, at full resolution: 3 anchors per foreground class per image, tau = 0.1, class-mean prototypes of
-   the image and of its paired image as positives, the other classes' prototypes as negatives. Pseudo-labels enter
-   the contrastive term only, never the segmentation loss (as in the paper).
+   the image and of its paired image as positives, the other classes' prototypes as negatives. The pairs mix
+   labeled and unlabeled images, and every other image with a second (brightness and contrast) view of itself.
+   Pseudo-labels enter the contrastive term only, as in the authors' code; ``self_training_weight`` (the
+   ``_selfTraining`` variant) also trains the unlabeled batch's segmentation on their confident voxels.
 
 After ``-pretrained_weights`` the warm-up is shorter (``pretrained_warmup_fraction``): nnU-Net never transfers the
 segmentation layers, so a few labeled epochs must train them before the first pseudo-labels. The deployed network is
@@ -22,7 +24,7 @@ nnU-Net's plain network; the projection head is saved under the checkpoint's ``n
 """
 import shutil
 from time import time
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,11 +34,13 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_semi.data import pseudo_labels
 from nnunet_semi.data.pseudo_labels import PseudoLabeledCases, PseudoLabeledDataLoader, write_pseudo_labels
+from nnunet_semi.data.strong_views import intensity_view
 from nnunet_semi.losses.local_contrastive import local_contrastive_loss
+from nnunet_semi.losses.pseudo_label import masked_pseudo_label_loss
 from nnunet_semi.networks.parts import output_of
 from nnunet_semi.networks.projection import ProjectionHead
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
-from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 
 
 def warmup_length(num_epochs: int, fraction: float) -> int:
@@ -54,17 +58,24 @@ def round_starts(num_epochs: int, warmup_epochs: int, num_rounds: int) -> List[i
     return [warmup_epochs + (k * span) // rounds for k in range(rounds)]
 
 
-def contrastive_pairs(n_labeled: int, n_unlabeled: int) -> List[Tuple[int, int]]:
-    """Pairs of images of the batch [labeled..., unlabeled...]: labeled i with unlabeled i, then within each group
-    each image with the next (cyclically), so the batch mixes labeled-unlabeled, labeled-labeled and
-    unlabeled-unlabeled pairs, as the paper's does."""
+def viewed_images(n_labeled: int, n_unlabeled: int) -> List[int]:
+    """The images of the batch [labeled..., unlabeled...] that get a second intensity view, each paired with itself:
+    every other image of each group (4 of the paper's 10 pairs per batch are one slice under two augmentations)."""
+    return list(range(0, n_labeled, 2)) + list(range(n_labeled, n_labeled + n_unlabeled, 2))
+
+
+def contrastive_pairs(n_labeled: int, n_unlabeled: int, viewed: Sequence[int] = ()) -> List[Tuple[int, int]]:
+    """Pairs of images of the batch [labeled..., unlabeled..., second views of ``viewed``...]: labeled i with
+    unlabeled i, within each group each image with the next (cyclically), and each viewed image with its second view,
+    so the batch mixes labeled-unlabeled, labeled-labeled, unlabeled-unlabeled and same-image pairs, as the paper's
+    does."""
     pairs = [(i, n_labeled + i) for i in range(min(n_labeled, n_unlabeled))]
     for start, count in ((0, n_labeled), (n_labeled, n_unlabeled)):
         if count == 2:
             pairs.append((start, start + 1))
         elif count > 2:
             pairs += [(start + i, start + (i + 1) % count) for i in range(count)]
-    return pairs
+    return pairs + [(i, n_labeled + n_unlabeled + k) for k, i in enumerate(viewed)]
 
 
 class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
@@ -82,6 +93,8 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.pretrained_warmup_fraction = 0.05  # the same after -pretrained_weights
         self.num_rounds = 3  # pseudo-labels are regenerated at the start of each
         self.confidence_threshold = None  # e.g. 0.9: pseudo-label pixels of lower probability are left out of L_local
+        self.same_image_pairs = True  # second intensity views of every other image, paired with their originals
+        self.self_training_weight = 0.0  # > 0: the pseudo-labels also supervise the segmentation (_selfTraining)
         self.pseudo_label_mirroring = False  # nnU-Net's test-time mirroring for pseudo-labels (2^axes times slower)
         self.warmup_epochs = None  # decided at the start of training, kept in the checkpoint
         self.round = 0  # 0: warm-up
@@ -196,16 +209,40 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         if unlabeled is None:  # warm-up: labeled cases only
             return {'supervised': (1.0, self.loss(self.network(labeled['data']), labeled['target'])),
                     'contrastive': (0.0, torch.zeros((), device=self.device))}
-        n, target = labeled['data'].shape[0], labeled['target']
-        with output_of(unwrap(self.network).decoder.stages[-1]) as features:
-            output = self.network(torch.cat((labeled['data'], unlabeled['data'])))
-        embeddings = self.projection_head(features.value)
+        images, target = torch.cat((labeled['data'], unlabeled['data'])), labeled['target']
+        n, u = labeled['data'].shape[0], unlabeled['data'].shape[0]
         classes = torch.cat((self.contrastive_classes(self.full_resolution(target)),
                              self.contrastive_classes(self.full_resolution(unlabeled['target']))))  # pseudo-labels
-        contrastive = local_contrastive_loss(embeddings, classes, self.num_contrastive_classes,
-                                             contrastive_pairs(n, unlabeled['data'].shape[0]), self.anchors_per_class,
-                                             self.temperature)
-        return {'supervised': (1.0, self.loss(self.split_batch(output, n)[0], target)),
-                'contrastive': (self.contrastive_weight, contrastive)}
+        viewed = viewed_images(n, u) if self.same_image_pairs else []
+        if viewed:  # the paper's second view: brightness and contrast (nnU-Net's augmentation made the first)
+            views = intensity_view(images[viewed], p=1.0, gamma=(1.0, 1.0), noise_std=(0.0, 0.0), p_blur=0.0)
+            images, classes = torch.cat((images, views)), torch.cat((classes, classes[viewed]))
+        with output_of(unwrap(self.network).decoder.stages[-1]) as features:
+            output = self.network(images)
+        contrastive = local_contrastive_loss(self.projection_head(features.value), classes,
+                                             self.num_contrastive_classes, contrastive_pairs(n, u, viewed),
+                                             self.anchors_per_class, self.temperature)
+        terms = {'supervised': (1.0, self.loss(self.batch_slice(output, 0, n), target)),
+                 'contrastive': (self.contrastive_weight, contrastive)}
+        if self.self_training_weight:
+            terms.update(self.self_training_terms(self.batch_slice(output, n, n + u), unlabeled['target']))
+        return terms
 
-__all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals())
+    def self_training_terms(self, output, pseudo_target):
+        """The unlabeled batch's segmentation against its pseudo-labels (augmented with it by nnU-Net's loader): CE +
+        soft Dice on the voxels not stored as uncertain, at every deep-supervision scale; and the share of those
+        voxels (logged)."""
+        pseudo_target = self.full_resolution(pseudo_target)
+        regions = self.label_manager.has_regions
+        labels = pseudo_target if regions else pseudo_target[:, 0]
+        mask = torch.ones_like(labels, dtype=torch.bool) if regions else labels >= 0
+        loss = masked_pseudo_label_loss(output, labels.clamp_min(0), mask, regions, self.deep_supervision_weights(),
+                                        dice=True)
+        return {'pseudo_label': (self.self_training_weight, loss), 'confident_share': (None, mask.float().mean())}
+
+
+__all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals()) + \
+    add_variant(nnUNetTrainerPLContrast, 'nnUNetTrainerPLContrast_differentImagePairs', globals(),
+                same_image_pairs=False) + \
+    add_variant(nnUNetTrainerPLContrast, 'nnUNetTrainerPLContrast_selfTraining', globals(), self_training_weight=1.0,
+                confidence_threshold=0.95)
