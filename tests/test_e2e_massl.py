@@ -123,3 +123,34 @@ def test_joint_step_and_options_on_a_real_batch(tiny_dataset):
             assert trainer.semi_optimizers['reconstruction'][0].param_groups[0]['lr'] == \
                 trainer.optimizer.param_groups[0]['lr']
         trainer.on_train_end()
+
+
+def test_shared_momentum_keeps_one_encoder_state(tiny_dataset):
+    """``_sharedMomentum``: the encoder is in nnU-Net's optimizer alone, which steps it in both steps of an iteration,
+    so its momentum buffer holds both gradients (SGD by hand: b = 0.99 (g1 + wd p0) + (g2 + wd p1)); the
+    reconstruction optimizer holds D_R alone, and L_R carries the tenth."""
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerMASSL', 4, num_epochs=1, shared_encoder_state=True)
+    reconstruction_optimizer = trainer.semi_optimizers['reconstruction'][0]
+    held = {id(p) for group in reconstruction_optimizer.param_groups for p in group['params']}
+    assert held == {id(p) for p in trainer.reconstruction_decoder.parameters()}
+    assert reconstruction_optimizer.param_groups[0]['lr'] == trainer.optimizer.param_groups[0]['lr']
+    trainer.on_train_start()
+    p = next(trainer.network.encoder.parameters())
+    seen, clip = [], trainer.clip_per_optimizer
+
+    def spy(optimizers, max_norm=12):
+        clip(optimizers, max_norm)
+        seen.append((p.detach().clone(), p.grad.clone(), trainer.optimizer in optimizers))
+
+    trainer.clip_per_optimizer = spy
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert [stepped for _, _, stepped in seen] == [True, True]
+    (p0, g1, _), (p1, g2, _) = seen
+    wd = trainer.optimizer.param_groups[0]['weight_decay']
+    expected = 0.99 * (g1 + wd * p0) + (g2 + wd * p1)
+    assert torch.allclose(trainer.optimizer.state[p]['momentum_buffer'], expected, rtol=1e-5, atol=1e-8)
+    assert p not in reconstruction_optimizer.state
+    assert out['weight_reconstruction'] == pytest.approx(0.1)
+    trainer.on_train_end()

@@ -18,6 +18,10 @@ Options: ``attention = False`` reconstructs the plain image (the paper's no-atte
 ``reconstruct_labeled = True`` also reconstructs the labeled images, attended by their ground truth (the poster).
 ``detach_attention = True`` (``_detached``) detaches the attention maps, so that L_R trains E only through D_R and
 never pulls the segmentation of unlabeled images toward what is easy to reconstruct.
+``shared_encoder_state = True`` (``_sharedMomentum``, alternating only): E keeps one optimizer state, nnU-Net's. The
+unlabeled step then steps nnU-Net's optimizer (E; D_S gets no gradient and stays) and D_R's own on
+``reconstruction_lr_factor`` x L_R, so both learn at a tenth of the rate as before, but E's momentum carries both
+tasks' gradients instead of two momenta each pushing E on its own.
 ``nnUNetTrainerMASSL_FixMatch``, ``nnUNetTrainerMASSLJoint_FixMatch``: FixMatch's pseudo-label term of the deployed
 network (trainers/weak_to_strong.py) joins L_S in the step that trains E + D_S.
 """
@@ -44,6 +48,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         self.attention = True  # False: reconstruct the plain image (no-attention ablation)
         self.reconstruct_labeled = False  # True: labeled images are reconstructed too, attended by ground truth
         self.detach_attention = False  # True: L_R does not move the segmentation through its attention maps
+        self.shared_encoder_state = False  # True: E stays in nnU-Net's optimizer alone (alternating training)
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
@@ -55,10 +60,10 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         n_maps = (heads + 1 if self.label_manager.has_regions else heads) if self.attention else 1
         n_conv = self.configuration_manager.network_arch_init_kwargs.get('n_conv_per_stage_decoder', 2)
         self.reconstruction_decoder = ReconstructionDecoder(network.encoder, n_maps * self.num_input_channels, n_conv)
-        if self.alternating:  # E + D_R, at a tenth of the segmentation learning rate
+        if self.alternating and not self.shared_encoder_state:  # E + D_R, at a tenth of the segmentation rate
             params = list(network.encoder.parameters()) + list(self.reconstruction_decoder.parameters())
             lr = self.initial_lr * self.reconstruction_lr_factor
-        else:  # D_R next to nnU-Net's optimizer of E + D_S: together one SGD over everything
+        else:  # D_R next to nnU-Net's optimizer of E (+ D_S); alternating, the loss carries the factor
             params, lr = list(self.reconstruction_decoder.parameters()), self.initial_lr
         self.register_optimizer('reconstruction', params, lr)
         self.print_to_log_file(f'MASSL: {"alternating" if self.alternating else "joint"} training, reconstruction '
@@ -99,13 +104,17 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         # 2. unlabeled step: E + D_R learn to reconstruct the attended images, D_S stays as it is
         images = torch.cat((data, unlabeled['data'])) if self.reconstruct_labeled else unlabeled['data']
 
+        shared = self.shared_encoder_state
+
         def reconstruction():
             segmentation, reconstruction = self.segment_and_reconstruct(images)
-            return {'reconstruction': (1.0, self.reconstruction_loss(
+            return {'reconstruction': (self.reconstruction_lr_factor if shared else 1.0, self.reconstruction_loss(
                 images, self.full_resolution(segmentation), reconstruction, self.labels_to_reconstruct(target)))}
 
+        optimizers = [self.optimizer] if shared else []
         with frozen(decoder_parameters(unwrap(self.network).decoder)):
-            terms.update(self.optimization_step(reconstruction, [self.semi_optimizers['reconstruction'][0]]))
+            terms.update(self.optimization_step(reconstruction,
+                                                optimizers + [self.semi_optimizers['reconstruction'][0]]))
         return terms
 
     def compute_losses(self, labeled, unlabeled):
@@ -138,3 +147,4 @@ for _base in (nnUNetTrainerMASSL, nnUNetTrainerMASSLJoint):
         add_variant(_base, f'{_base.__name__}_noAttention', globals(), attention=False) + \
         add_variant(_base, f'{_base.__name__}_detached', globals(), detach_attention=True) + \
         add_fixmatch_variant(_base, globals())
+__all__ += add_variant(nnUNetTrainerMASSL, 'nnUNetTrainerMASSL_sharedMomentum', globals(), shared_encoder_state=True)
