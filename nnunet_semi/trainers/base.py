@@ -56,6 +56,7 @@ from nnunet_semi.data.augmenter import augmenter, stop_workers
 from nnunet_semi.data.loader import UnlabeledDataLoader, UnlabeledImages
 from nnunet_semi.data.unlabeled import collect_unlabeled_cases
 from nnunet_semi.environment import temporary_env
+from nnunet_semi.losses.pseudo_label import masked_pseudo_label_loss
 from nnunet_semi.networks.ema import ema_decay_at, ema_update
 from nnunet_semi.trainers.progress import SemiLocalLogger
 
@@ -162,6 +163,14 @@ class nnUNetTrainerSemi(nnUNetTrainer):
     def deep_supervision_weights(self) -> List[float]:
         """nnU-Net's weight of each deep-supervision scale in its loss (one 1.0 without deep supervision)."""
         return list(getattr(self.loss, 'weight_factors', [1.0]))
+
+    def masked_loss(self, output, labels: torch.Tensor, mask: torch.Tensor, dice: bool = True,
+                    class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-entropy (+ soft Dice) of a network output against full-resolution (pseudo-)labels on the voxels of
+        ``mask`` (losses/pseudo_label.py), for this dataset's labels or regions, at every deep-supervision scale with
+        nnU-Net's weights."""
+        return masked_pseudo_label_loss(output, labels, mask, self.label_manager.has_regions,
+                                        self.deep_supervision_weights(), dice=dice, class_weights=class_weights)
 
     @staticmethod
     def full_resolution(output) -> torch.Tensor:

@@ -29,7 +29,7 @@ student); the teacher is saved under the checkpoint's ``nnunet_semi`` key.
 import torch
 
 from nnunet_semi.data.strong_views import copy_paste_box, mix
-from nnunet_semi.losses.pseudo_label import largest_component, masked_pseudo_label_loss, pseudo_labels
+from nnunet_semi.losses.pseudo_label import largest_component, pseudo_labels
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
 from nnunet_semi.trainers.variants import add_short_variants
 
@@ -89,8 +89,7 @@ class nnUNetTrainerBCP(nnUNetTrainerSemi):
         """The loss on the voxels of one part (a box or its outside, (B, *spatial) bool) of mixed images."""
         if valid.ndim > part.ndim:  # regions: the part holds for every channel
             part = part[:, None].expand_as(valid)
-        return masked_pseudo_label_loss(output, labels, valid & part, self.label_manager.has_regions,
-                                        self.deep_supervision_weights(), dice=True)
+        return self.masked_loss(output, labels, valid & part)
 
     def compute_losses(self, labeled, unlabeled):
         images, (labels, valid) = labeled['data'], self.ground_truth(labeled['target'])

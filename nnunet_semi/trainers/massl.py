@@ -104,17 +104,18 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         # 2. unlabeled step: E + D_R learn to reconstruct the attended images, D_S stays as it is
         images = torch.cat((data, unlabeled['data'])) if self.reconstruct_labeled else unlabeled['data']
 
-        shared = self.shared_encoder_state
+        # with one optimizer state for E, nnU-Net's optimizer steps E here too, and the loss carries the tenth
+        weight, optimizers = 1.0, [self.semi_optimizers['reconstruction'][0]]
+        if self.shared_encoder_state:
+            weight, optimizers = self.reconstruction_lr_factor, [self.optimizer] + optimizers
 
         def reconstruction():
             segmentation, reconstruction = self.segment_and_reconstruct(images)
-            return {'reconstruction': (self.reconstruction_lr_factor if shared else 1.0, self.reconstruction_loss(
+            return {'reconstruction': (weight, self.reconstruction_loss(
                 images, self.full_resolution(segmentation), reconstruction, self.labels_to_reconstruct(target)))}
 
-        optimizers = [self.optimizer] if shared else []
         with frozen(decoder_parameters(unwrap(self.network).decoder)):
-            terms.update(self.optimization_step(reconstruction,
-                                                optimizers + [self.semi_optimizers['reconstruction'][0]]))
+            terms.update(self.optimization_step(reconstruction, optimizers))
         return terms
 
     def compute_losses(self, labeled, unlabeled):

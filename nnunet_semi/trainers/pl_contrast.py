@@ -36,7 +36,6 @@ from nnunet_semi.data import pseudo_labels
 from nnunet_semi.data.pseudo_labels import PseudoLabeledCases, PseudoLabeledDataLoader, write_pseudo_labels
 from nnunet_semi.data.strong_views import intensity_view
 from nnunet_semi.losses.local_contrastive import local_contrastive_loss
-from nnunet_semi.losses.pseudo_label import masked_pseudo_label_loss
 from nnunet_semi.networks.parts import output_of
 from nnunet_semi.networks.projection import ProjectionHead
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
@@ -236,9 +235,8 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         regions = self.label_manager.has_regions
         labels = pseudo_target if regions else pseudo_target[:, 0]
         mask = torch.ones_like(labels, dtype=torch.bool) if regions else labels >= 0
-        loss = masked_pseudo_label_loss(output, labels.clamp_min(0), mask, regions, self.deep_supervision_weights(),
-                                        dice=True)
-        return {'pseudo_label': (self.self_training_weight, loss), 'confident_share': (None, mask.float().mean())}
+        return {'pseudo_label': (self.self_training_weight, self.masked_loss(output, labels.clamp_min(0), mask)),
+                'confident_share': (None, mask.float().mean())}
 
 
 __all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals()) + \

@@ -24,7 +24,7 @@ on the unlabeled batch.
 import torch
 
 from nnunet_semi.data.strong_views import cutmix_boxes, intensity_view, mix
-from nnunet_semi.losses.pseudo_label import class_balance_weights, masked_pseudo_label_loss, pseudo_labels
+from nnunet_semi.losses.pseudo_label import class_balance_weights, pseudo_labels
 from nnunet_semi.trainers.variants import add_variant
 
 
@@ -55,11 +55,9 @@ class WeakToStrong:
 
     def pseudo_label_loss(self, output, labels, mask):
         """L_pl of a network output (deep-supervision list or tensor) against full-resolution pseudo-labels."""
-        regions = self.label_manager.has_regions
         weights = class_balance_weights(labels, mask, self.label_manager.num_segmentation_heads) \
-            if self.class_balanced and not regions else None
-        return masked_pseudo_label_loss(output, labels, mask, regions, self.deep_supervision_weights(),
-                                        dice=self.pseudo_label_dice, class_weights=weights)
+            if self.class_balanced and not self.label_manager.has_regions else None
+        return self.masked_loss(output, labels, mask, dice=self.pseudo_label_dice, class_weights=weights)
 
     def weak_to_strong_terms(self, images):
         """The pseudo-label term of the deployed network on a strong view of the unlabeled ``images`` (B, C, *patch),
