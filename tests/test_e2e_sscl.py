@@ -42,9 +42,12 @@ def test_losses_and_ablations_on_a_real_batch(tiny_dataset):
     preprocess_unlabeled(ds, '3d_fullres')
     for name, fusion, settings in (('nnUNetTrainerSSCL', GatedFeatureFusion, {}),
                                    ('nnUNetTrainerSSCL_add', AddFusion, {}),
-                                   ('nnUNetTrainerSSCL_concat', ConcatFusion, {'inpaint_labeled': True})):
+                                   ('nnUNetTrainerSSCL_concat', ConcatFusion, {'inpaint_labeled': True}),
+                                   ('nnUNetTrainerSSCL_fuseBelowFullRes', GatedFeatureFusion, {})):
         trainer = trainer_from_args(ds, name, 4, num_epochs=1, **settings)
         assert all(isinstance(f, fusion) for f in trainer.network.fusions), name
+        levels = len(trainer.network.encoder.output_channels)
+        assert len(trainer.network.fusions) == levels - (name == 'nnUNetTrainerSSCL_fuseBelowFullRes'), name
         # the inpainting scales weigh as nnU-Net's deep supervision: 1, 1/2, (1/4 -> 0), normalised
         assert list(trainer.loss.weight_factors) == pytest.approx([2 / 3, 1 / 3, 0.0])
         trainer.on_train_start()

@@ -110,3 +110,24 @@ def test_pass_two_sees_the_blanked_image():
     x = torch.randn(1, 1, 16, 16)
     sscl(x)
     assert len(seen) == 2 and torch.equal(seen[0], x) and torch.count_nonzero(seen[1]) == 0
+
+
+def test_without_full_resolution_fusion_each_decoder_reads_its_own_image_there():
+    torch.manual_seed(0)
+    sscl = SSCLNetwork(_unet(torch.nn.Conv2d, 2, in_channels=1), num_input_channels=1, fuse_full_resolution=False)
+    assert len(sscl.fusions) == 3  # the two lower skips and the bottleneck
+    with torch.no_grad():  # force every voxel's coarse prediction to class 2: the blanked image is all 0
+        sscl.decoder.seg_layers[-1].weight.zero_()
+        sscl.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    decoded = []
+    sscl.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0]))
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        segmentation, features = sscl.segment(x)
+        image, blanked = sscl.encoder(x), sscl.encoder(torch.zeros_like(x))
+        assert len(decoded) == 2 and len(features) == 4  # pass 1 and pass 2; every level
+        assert torch.equal(decoded[1][0], image[0])  # D_S: the image's full-resolution features
+        assert torch.equal(features[0], blanked[0])  # D_I: the blanked image's
+        for level in (1, 2, 3):  # fused below full resolution, the same features for both decoders
+            assert torch.equal(decoded[1][level], features[level])
+            assert torch.equal(features[level], sscl.fusions[level - 1](image[level], blanked[level]))

@@ -6,9 +6,10 @@ Segmentation", MICCAI 2021), as plain torch modules around nnU-Net's own U-Nets.
   initialisation, zero bias); ``AddFusion`` and ``ConcatFusion`` are the paper's ablations.
 - ``SSCLNetwork``: nnU-Net's planned encoder E and segmentation decoder D_S, an inpainting decoder D_I of the same
   layout with one linear output per input channel at every deep supervision scale, and one fusion module per encoder
-  level (every skip and the bottleneck). Its forward is the two-pass segmentation and returns what nnU-Net's network
-  returns (a list over deep supervision scales, or the full-resolution logits when ``decoder.deep_supervision`` is
-  off), so nnU-Net trains, validates and predicts with it.
+  level (every skip and the bottleneck; with ``fuse_full_resolution=False`` every level but the full-resolution skip,
+  where D_S reads the image's features and D_I the blanked image's). Its forward is the two-pass segmentation and
+  returns what nnU-Net's network returns (a list over deep supervision scales, or the full-resolution logits when
+  ``decoder.deep_supervision`` is off), so nnU-Net trains, validates and predicts with it.
 """
 from typing import List, Tuple
 
@@ -82,7 +83,8 @@ class SSCLNetwork(nn.Module):
     (and, in training, the inpainting). The pass-1 encoding of the image is reused in pass 2 (the same values as
     recomputing it, one encoder pass fewer)."""
 
-    def __init__(self, unet: nn.Module, num_input_channels: int, fusion: str = 'gff'):
+    def __init__(self, unet: nn.Module, num_input_channels: int, fusion: str = 'gff',
+                 fuse_full_resolution: bool = True):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f'unknown fusion {fusion!r}; one of {sorted(FUSIONS)}')
@@ -90,7 +92,9 @@ class SSCLNetwork(nn.Module):
         n_conv = [len(stage.convs) for stage in self.decoder.stages]
         self.inpainting_decoder = UNetDecoder(self.encoder, num_input_channels, n_conv, deep_supervision=True)
         self.inpainting_decoder.apply(InitWeights_He(1e-2))
-        self.fusions = nn.ModuleList(FUSIONS[fusion](self.encoder.conv_op, c) for c in self.encoder.output_channels)
+        self.first_fused = 0 if fuse_full_resolution else 1  # the encoder level the fusions start at
+        self.fusions = nn.ModuleList(FUSIONS[fusion](self.encoder.conv_op, c)
+                                     for c in self.encoder.output_channels[self.first_fused:])
         # set by the trainer for region-based datasets; a buffer, so that the predictor's strict load restores it
         self.register_buffer('regions', torch.tensor(False))
 
@@ -98,16 +102,19 @@ class SSCLNetwork(nn.Module):
         return self.segment(x)[0]
 
     def segment(self, x: torch.Tensor) -> Tuple[object, List[torch.Tensor]]:
-        """Both passes; returns (D_S's output on the fused features, the fused features of every level)."""
+        """Both passes; returns (D_S's output on the fused features, D_I's input: the fused features of every level,
+        at full resolution the blanked image's own when that level is not fused)."""
         skips = self.encoder(x)
         with torch.no_grad():
             coarse = self.decoder(skips)
             coarse = coarse[0] if isinstance(coarse, (list, tuple)) else coarse
             blanked = x * ~foreground(coarse, self.regions)
         hidden = self.encoder(blanked)
-        fused = [fuse(e_seg, e_inp) for fuse, e_seg, e_inp in zip(self.fusions, skips, hidden)]
-        return self.decoder(fused), fused
+        first = self.first_fused
+        fused = [fuse(e_seg, e_inp) for fuse, e_seg, e_inp in zip(self.fusions, skips[first:], hidden[first:])]
+        return self.decoder(skips[:first] + fused), hidden[:first] + fused
 
-    def inpaint(self, fused: List[torch.Tensor]) -> List[torch.Tensor]:
-        """D_I on fused features: the inpainted image at every deep supervision scale, full resolution first."""
-        return self.inpainting_decoder(fused)
+    def inpaint(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+        """D_I on its input from ``segment``: the inpainted image at every deep supervision scale, full resolution
+        first."""
+        return self.inpainting_decoder(features)

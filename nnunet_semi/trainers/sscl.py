@@ -16,8 +16,11 @@ unlabeled batch:
 The deployed network (``self.network``) is the whole two-pass model; nnU-Net builds it from this class at
 prediction time, so ``nnUNetv2_predict`` with nnunet_semi installed predicts with it. Options: ``inpaint_labeled``
 (the labeled images get the inpainting loss too; the authors' code: no) and the paper's fusion ablations as
-trainers, ``nnUNetTrainerSSCL_add`` and ``nnUNetTrainerSSCL_concat``. ``nnUNetTrainerSSCL_FixMatch``: FixMatch's
-pseudo-label term of the two-pass network (trainers/weak_to_strong.py) beside L_seg and L_inp.
+trainers, ``nnUNetTrainerSSCL_add`` and ``nnUNetTrainerSSCL_concat``. ``nnUNetTrainerSSCL_fuseBelowFullRes``: no
+fusion at the full-resolution skip, where D_S reads the image's features and D_I the blanked image's, so that D_I
+cannot copy the hole's voxels from the image's full-resolution features (GFF passes (1 - s) e_seg through).
+``nnUNetTrainerSSCL_FixMatch``: FixMatch's pseudo-label term of the two-pass network (trainers/weak_to_strong.py)
+beside L_seg and L_inp.
 ``nnUNetTrainerSSCL_stockSupervised``: lambda_1 = 1, nnU-Net's weight of its supervised loss under its SGD schedule
 (the paper's 2 comes with another optimiser).
 """
@@ -35,7 +38,8 @@ from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 class nnUNetTrainerSSCL(nnUNetTrainerSemi):
     single_gpu = True  # its two-pass forward bypasses the DDP wrapper
     compile_network = False
-    fusion = 'gff'  # a class attribute: nnU-Net's predictor builds the network from the class
+    fusion = 'gff'  # class attributes: nnU-Net's predictor builds the network from the class
+    fuse_full_resolution = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -49,7 +53,7 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
-        return SSCLNetwork(unet, num_input_channels, cls.fusion)
+        return SSCLNetwork(unet, num_input_channels, cls.fusion, cls.fuse_full_resolution)
 
     def build_semi_modules(self):
         unwrap(self.network).regions.fill_(self.label_manager.has_regions)
@@ -60,9 +64,9 @@ class nnUNetTrainerSSCL(nnUNetTrainerSemi):
         n = labeled['data'].shape[0]
         x = torch.cat((labeled['data'], unlabeled['data']))
         network = unwrap(self.network)
-        segmentation, fused = network.segment(x)
+        segmentation, features = network.segment(x)
         first = 0 if self.inpaint_labeled else n  # the images to inpaint are x[first:]
-        inpaintings = network.inpaint([f[first:] for f in fused])
+        inpaintings = network.inpaint([f[first:] for f in features])
         scales = segmentation if isinstance(segmentation, (list, tuple)) else [segmentation]
         masks = [foreground(s[first:].detach(), network.regions) for s in scales]
         supervised = self.loss(self.split_batch(segmentation, n)[0], labeled['target'])
@@ -81,8 +85,15 @@ class nnUNetTrainerSSCL_concat(nnUNetTrainerSSCL):
     fusion = 'concat'
 
 
+class nnUNetTrainerSSCL_fuseBelowFullRes(nnUNetTrainerSSCL):
+    """SSCL without the fusion of the full-resolution skip: D_S reads the image's features there, D_I the blanked
+    image's (not the paper's; docs/sscl.md)."""
+    fuse_full_resolution = False
+
+
 __all__ = []
-for _trainer in (nnUNetTrainerSSCL, nnUNetTrainerSSCL_add, nnUNetTrainerSSCL_concat):
+for _trainer in (nnUNetTrainerSSCL, nnUNetTrainerSSCL_add, nnUNetTrainerSSCL_concat,
+                 nnUNetTrainerSSCL_fuseBelowFullRes):
     __all__ += [_trainer.__name__] + add_short_variants(_trainer, globals())
 __all__ += add_fixmatch_variant(nnUNetTrainerSSCL, globals())
 __all__ += add_variant(nnUNetTrainerSSCL, 'nnUNetTrainerSSCL_stockSupervised', globals(), segmentation_weight=1.0)
