@@ -13,12 +13,11 @@ cross-sample attention is the identity, as at the authors' test time).
 import sys
 from os.path import join
 
-import blosc2
 import numpy as np
 import torch
 from torch import nn
 
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from checks import cpu_predictor, dice, load_case
 from nnunetv2.run.run_training import get_trainer_from_args
 
 
@@ -33,14 +32,9 @@ class Average(nn.Module):
         return (torch.softmax(self.first(x), 1) + torch.softmax(self.second(x), 1)) / 2
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
 def main(dataset: str, configuration: str, trainer_name: str, plans: str, fold: int = 0):
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, device=torch.device('cpu'))
     trainer.initialize()
-    torch.set_num_threads(1)  # more threads beside a training on the same cores slow it by 100x (measured)
     trainer.load_checkpoint(join(trainer.output_folder, 'checkpoint_final.pth'))
     trainer.set_deep_supervision_enabled(False)
     trainer.model_a.decoder.deep_supervision = False
@@ -48,20 +42,18 @@ def main(dataset: str, configuration: str, trainer_name: str, plans: str, fold: 
                 'average': Average(trainer.network, trainer.model_a)}
     for network in networks.values():
         network.eval()
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
+    predictor = cpu_predictor()
     predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
                                     trainer.dataset_json, trainer_name, None)
     labels = trainer.label_manager.foreground_labels
     rows = []
     for case in trainer.do_split()[1]:
-        image = torch.from_numpy(np.asarray(blosc2.open(join(trainer.preprocessed_dataset_folder, f'{case}.b2nd'))[:]))
-        truth = np.asarray(blosc2.open(join(trainer.preprocessed_dataset_folder, f'{case}_seg.b2nd'))[:])[0]
+        image, truth = load_case(trainer.preprocessed_dataset_folder, case)
         row = []
         for network in networks.values():
             predictor.network = network
             with torch.no_grad():
-                segmentation = predictor.predict_sliding_window_return_logits(image.float()).argmax(0).numpy()
+                segmentation = predictor.predict_sliding_window_return_logits(image).argmax(0).numpy()
             row.append(np.mean([dice(segmentation == k, truth == k) for k in labels]))
         rows.append(row)
         print(f'{case}: ' + ', '.join(f'{name} Dice {d:.3f}' for name, d in zip(networks, row)), flush=True)

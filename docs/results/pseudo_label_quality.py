@@ -21,23 +21,16 @@ import json
 import sys
 from os.path import join
 
-import blosc2
 import numpy as np
 import torch
 
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from checks import cpu_predictor, dice, load_case
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.95, 0.99)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
 def main(model_folder: str, preprocessed: str, fold: int = 0):
-    torch.set_num_threads(1)  # more threads beside a training on the same cores slow it by 100x (measured)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
+    predictor = cpu_predictor()
     predictor.initialize_from_trained_model_folder(model_folder, (fold,))
     if predictor.label_manager.has_regions:
         raise SystemExit('this check reads softmax pseudo-labels; the model was trained on regions')
@@ -50,8 +43,7 @@ def main(model_folder: str, preprocessed: str, fold: int = 0):
     total = truth_fg = errors = 0
     dices = []
     for i, case in enumerate(cases):
-        image = torch.from_numpy(np.asarray(blosc2.open(join(data_folder, f'{case}.b2nd'))[:])).float()
-        truth = np.asarray(blosc2.open(join(data_folder, f'{case}_seg.b2nd'))[:])[0]
+        image, truth = load_case(data_folder, case)
         with torch.no_grad():
             probabilities = torch.softmax(predictor.predict_sliding_window_return_logits(image).float(), 0)
         confidence, pseudo = (v.numpy() for v in probabilities.max(0))

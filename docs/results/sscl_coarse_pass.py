@@ -14,12 +14,10 @@ import json
 import sys
 from os.path import join
 
-import blosc2
 import numpy as np
-import torch
 from torch import nn
 
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from checks import cpu_predictor, dice, load_case
 
 
 class PassOne(nn.Module):
@@ -34,14 +32,8 @@ class PassOne(nn.Module):
         return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
 def main(model_folder: str, preprocessed: str, fold: int = 0):
-    torch.set_num_threads(1)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
+    predictor = cpu_predictor()
     predictor.initialize_from_trained_model_folder(model_folder, (fold,))
     sscl = predictor.network
     sscl.load_state_dict(predictor.list_of_parameters[0])
@@ -52,8 +44,7 @@ def main(model_folder: str, preprocessed: str, fold: int = 0):
     labels = predictor.label_manager.foreground_labels
     rows = []
     for case in cases:
-        image = torch.from_numpy(np.asarray(blosc2.open(join(data_folder, f'{case}.b2nd'))[:])).float()
-        truth = np.asarray(blosc2.open(join(data_folder, f'{case}_seg.b2nd'))[:])[0]
+        image, truth = load_case(data_folder, case)
         segmentations = []
         for network in (pass_one, deployed):
             predictor.network = network
