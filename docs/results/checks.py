@@ -9,11 +9,12 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 
-def cpu_predictor() -> nnUNetPredictor:
-    """nnU-Net's sliding-window predictor on the CPU without mirroring, on one thread: more threads beside a training
-    on the same cores slow it a hundredfold (measured)."""
+def cpu_predictor(mirroring: bool = False) -> nnUNetPredictor:
+    """nnU-Net's sliding-window predictor on the CPU (``mirroring``: nnU-Net's test-time mirroring, its logits averaged
+    over the flips the model allows), on one thread: more threads beside a training on the same cores slow it a
+    hundredfold (measured)."""
     torch.set_num_threads(1)
-    return nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    return nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                            perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)
 
 

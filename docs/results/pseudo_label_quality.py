@@ -1,12 +1,12 @@
 """How good a trained model's pseudo-labels are on the unlabeled cases of its split, whose labels
 nnUNetv2_semi_split hid (docs/benchmarks.md).
 
-    python docs/results/pseudo_label_quality.py MODEL_FOLDER PREPROCESSED_DATASET_FOLDER [FOLD]
+    python docs/results/pseudo_label_quality.py MODEL_FOLDER PREPROCESSED_DATASET_FOLDER [-f FOLD] [--mirroring]
 
 MODEL_FOLDER: nnU-Net's trainer folder (fold_F/checkpoint_final.pth); PREPROCESSED_DATASET_FOLDER: the split's
 preprocessed dataset folder (its splits_final.json lists the fold's ``unlabeled`` cases; their hidden labels are read
-from the preprocessed data). Each unlabeled case is predicted whole (sliding window, no mirroring) in the preprocessed
-geometry; a voxel's pseudo-label is the argmax and its confidence the softmax maximum, as FixMatch's weak view has
+from the preprocessed data). Each unlabeled case is predicted whole (sliding window; without mirroring, or with
+nnU-Net's test-time mirroring: ``--mirroring``) in the preprocessed geometry; a voxel's pseudo-label is the argmax and its confidence the softmax maximum, as FixMatch's weak view has
 them. For each confidence threshold this prints, over all unlabeled voxels:
 
 - confident: the share of voxels at or above the threshold (FixMatch's ``confident_share``);
@@ -17,8 +17,8 @@ them. For each confidence threshold this prints, over all unlabeled voxels:
 
 and the pseudo-labels' Dice per foreground class over the cases (the argmax, every voxel).
 """
+import argparse
 import json
-import sys
 from os.path import join
 
 import numpy as np
@@ -29,8 +29,8 @@ from checks import cpu_predictor, dice, load_case
 THRESHOLDS = (0.0, 0.5, 0.8, 0.95, 0.99)
 
 
-def main(model_folder: str, preprocessed: str, fold: int = 0):
-    predictor = cpu_predictor()
+def main(model_folder: str, preprocessed: str, fold: int = 0, mirroring: bool = False):
+    predictor = cpu_predictor(mirroring)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,))
     if predictor.label_manager.has_regions:
         raise SystemExit('this check reads softmax pseudo-labels; the model was trained on regions')
@@ -66,4 +66,10 @@ def main(model_folder: str, preprocessed: str, fold: int = 0):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('model_folder')
+    parser.add_argument('preprocessed')
+    parser.add_argument('-f', '--fold', type=int, default=0)
+    parser.add_argument('--mirroring', action='store_true')
+    args = parser.parse_args()
+    main(args.model_folder, args.preprocessed, args.fold, args.mirroring)
