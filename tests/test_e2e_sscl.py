@@ -46,8 +46,9 @@ def test_losses_and_ablations_on_a_real_batch(tiny_dataset):
                                    ('nnUNetTrainerSSCL_fuseBelowFullRes', GatedFeatureFusion, {})):
         trainer = trainer_from_args(ds, name, 4, num_epochs=1, **settings)
         assert all(isinstance(f, fusion) for f in trainer.network.fusions), name
-        levels = len(trainer.network.encoder.output_channels)
-        assert len(trainer.network.fusions) == levels - (name == 'nnUNetTrainerSSCL_fuseBelowFullRes'), name
+        levels = len(trainer.network.encoder.output_channels)  # the full-resolution skip is level 0
+        fused = levels - 1 if name == 'nnUNetTrainerSSCL_fuseBelowFullRes' else levels
+        assert len(trainer.network.fusions) == fused, name
         # the inpainting scales weigh as nnU-Net's deep supervision: 1, 1/2, (1/4 -> 0), normalised
         assert list(trainer.loss.weight_factors) == pytest.approx([2 / 3, 1 / 3, 0.0])
         trainer.on_train_start()

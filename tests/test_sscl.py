@@ -99,14 +99,19 @@ def test_two_pass_network_outputs_like_stock_nnunet(conv, patch):
     assert torch.equal(fresh(x), sscl(x))
 
 
+def _force_all_foreground(sscl: SSCLNetwork) -> None:
+    """Every voxel's coarse (pass-1) prediction becomes class 2: pass 2 sees an all-0 blanked image."""
+    with torch.no_grad():
+        sscl.decoder.seg_layers[-1].weight.zero_()
+        sscl.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+
+
 def test_pass_two_sees_the_blanked_image():
     torch.manual_seed(0)
     sscl = SSCLNetwork(_unet(torch.nn.Conv2d, 2, in_channels=1), num_input_channels=1)
     seen = []
     sscl.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0]))
-    with torch.no_grad():  # force every voxel's coarse prediction to class 2: all foreground
-        sscl.decoder.seg_layers[-1].weight.zero_()
-        sscl.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    _force_all_foreground(sscl)
     x = torch.randn(1, 1, 16, 16)
     sscl(x)
     assert len(seen) == 2 and torch.equal(seen[0], x) and torch.count_nonzero(seen[1]) == 0
@@ -116,14 +121,12 @@ def test_without_full_resolution_fusion_each_decoder_reads_its_own_image_there()
     torch.manual_seed(0)
     sscl = SSCLNetwork(_unet(torch.nn.Conv2d, 2, in_channels=1), num_input_channels=1, fuse_full_resolution=False)
     assert len(sscl.fusions) == 3  # the two lower skips and the bottleneck
-    with torch.no_grad():  # force every voxel's coarse prediction to class 2: the blanked image is all 0
-        sscl.decoder.seg_layers[-1].weight.zero_()
-        sscl.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    _force_all_foreground(sscl)  # the blanked image is all 0
     decoded = []
     sscl.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0]))
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
-        segmentation, features = sscl.segment(x)
+        _, features = sscl.segment(x)
         image, blanked = sscl.encoder(x), sscl.encoder(torch.zeros_like(x))
         assert len(decoded) == 2 and len(features) == 4  # pass 1 and pass 2; every level
         assert torch.equal(decoded[1][0], image[0])  # D_S: the image's full-resolution features
