@@ -13,6 +13,7 @@ Each iteration, with y, m the weak view's pseudo-labels and confidence mask (as 
   supervised loss keeps its weight 1, as in every trainer of this package), no ramp-up.
 L_pl is FixMatch's (losses/pseudo_label.py): cross-entropy and a soft Dice on the confident voxels; the authors'
 unlabeled terms are Dice with an ignore mask. ``nnUNetTrainerUniMatch_CE``: the cross-entropy alone.
+``nnUNetTrainerUniMatch_EMA``: the weak view's pseudo-labels by an EMA teacher (decay 0.99), as FixMatch's ``_EMA``.
 """
 import torch
 
@@ -50,4 +51,5 @@ class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
 
 
 __all__ = ['nnUNetTrainerUniMatch'] + add_short_variants(nnUNetTrainerUniMatch, globals())
-__all__ += add_variant(nnUNetTrainerUniMatch, 'nnUNetTrainerUniMatch_CE', globals(), pseudo_label_dice=False)
+for _suffix, _settings in {'CE': {'pseudo_label_dice': False}, 'EMA': {'ema_teacher': True}}.items():
+    __all__ += add_variant(nnUNetTrainerUniMatch, f'nnUNetTrainerUniMatch_{_suffix}', globals(), **_settings)
