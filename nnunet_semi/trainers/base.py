@@ -423,8 +423,16 @@ class nnUNetTrainerSemi(nnUNetTrainer):
             self.print_to_log_file(f'WARNING: the checkpoint has no {CHECKPOINT_KEY} state (written by another '
                                    f'trainer?): the extra modules of {self.__class__.__name__} start afresh.')
             return
+        missing = [name for name in self.semi_modules() if name not in semi['modules']]
+        if missing:  # e.g. FixMatch's EMA teacher, in a checkpoint written before it was FixMatch's default
+            self.print_to_log_file(f'WARNING: {filename} has no state of {", ".join(missing)} (written by another '
+                                   f'version of {self.__class__.__name__}?): it starts afresh, an EMA teacher from '
+                                   f'the restored network.')
         for name, module in self.semi_modules().items():
-            unwrap(module).load_state_dict(semi['modules'][name])
+            if name not in missing:
+                unwrap(module).load_state_dict(semi['modules'][name])
+        if 'teacher' in missing:
+            self.reset_teacher()
         for name, (opt, _) in self.semi_optimizers.items():
             opt.load_state_dict(semi['optimizers'][name])
         self.load_semi_state_dict(semi['state'])

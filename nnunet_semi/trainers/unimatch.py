@@ -13,7 +13,7 @@ Each iteration, with y, m the weak view's pseudo-labels and confidence mask (as 
   supervised loss keeps its weight 1, as in every trainer of this package), no ramp-up.
 L_pl is FixMatch's (losses/pseudo_label.py): cross-entropy and a soft Dice on the confident voxels; the authors'
 unlabeled terms are Dice with an ignore mask. ``nnUNetTrainerUniMatch_CE``: the cross-entropy alone.
-``nnUNetTrainerUniMatch_EMA``: the weak view's pseudo-labels by an EMA teacher (decay 0.99), as FixMatch's ``_EMA``.
+``nnUNetTrainerUniMatch_EMA``: the weak view's pseudo-labels by an EMA teacher (decay 0.99), as FixMatch's.
 """
 import torch
 
@@ -29,6 +29,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerFixMatch):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ema_teacher = False  # UniMatch's: the network labels its own weak views
         self.strong_weight = 0.25  # each of the two strong streams
         self.feature_weight = 0.5  # the feature-perturbed stream
         self.feature_dropout = 0.5
