@@ -1,6 +1,9 @@
 """nnUNetTrainerFixMatch end to end through nnU-Net's commands on the tiny generated dataset (small plans, CPU):
 the self-target variant's training and prediction in 2d; the default, with its EMA teacher, in 3d_fullres interrupted,
-resumed, predicted and exported to a stock model folder; the spatial-only weak view; and one step on a real batch."""
+resumed, predicted and exported to a stock model folder; the spatial-only weak view; one step on a real batch; and a
+checkpoint without the teacher resuming."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -94,5 +97,4 @@ def test_a_checkpoint_without_the_teacher_resumes_with_one_from_its_network(tiny
     network = trainer.network.state_dict()
     assert all(torch.equal(network[k], v) for k, v in old.network.state_dict().items())
     assert all(torch.equal(network[k], v) for k, v in trainer.teacher.state_dict().items())
-    log = open(trainer.log_file).read()
-    assert 'checkpoint_latest.pth has no state of teacher' in log
+    assert 'checkpoint_latest.pth has no state of teacher' in Path(trainer.log_file).read_text()

@@ -426,8 +426,8 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         missing = [name for name in self.semi_modules() if name not in semi['modules']]
         if missing:  # e.g. FixMatch's EMA teacher, in a checkpoint written before it was FixMatch's default
             self.print_to_log_file(f'WARNING: {filename} has no state of {", ".join(missing)} (written by another '
-                                   f'version of {self.__class__.__name__}?): it starts afresh, an EMA teacher from '
-                                   f'the restored network.')
+                                   f'version of {self.__class__.__name__}?): it starts afresh (an EMA teacher as a '
+                                   f'copy of the restored network).')
         for name, module in self.semi_modules().items():
             if name not in missing:
                 unwrap(module).load_state_dict(semi['modules'][name])

@@ -15,8 +15,8 @@ labeled case it amplified the early, wrong foreground pseudo-labels and collapse
 
 Departure: FixMatch labels the weak view with the network itself (``_selfTarget``). On nnU-Net's schedule, with one
 or three labeled cases, self-targets left FixMatch behind labeled-only for its first epochs (no confident
-foreground, a pseudo-label loss near 1); the EMA teacher kept pace and gained more on every split measured
-(docs/fixmatch.md).
+foreground, a pseudo-label loss near 1); the EMA teacher kept pace and gained more on five of the six splits
+measured (docs/fixmatch.md).
 
 ``_spatialWeak``: the weak view gets nnU-Net's spatial transforms and mirroring but not its intensity transforms
 (FixMatch's weak view is a flip and a shift only); the strong view then starts from the un-perturbed intensities.
