@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (assert_predicts_and_exports_to_stock, interrupt_then_load, predict, preprocess_unlabeled,
-                      resume_to_the_end, train, trainer_from_args)
+from conftest import (assert_predicts_and_exports_to_stock, interrupt_then_load, predict, predict_one_class,
+                      preprocess_unlabeled, resume_to_the_end, train, trainer_from_args)
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +62,9 @@ def test_one_step_on_a_real_batch(tiny_dataset):
     unlabeled = trainer.next_unlabeled_batch()
     images = unlabeled['data']
     # the weak view's pseudo-labels come from the EMA teacher: the network says background everywhere, the teacher
-    # label 1, each with a probability of 0.9999 (logits 10, 0, 0)
-    with torch.no_grad():
-        for network, label in ((trainer.network, 0), (trainer.teacher, 1)):
-            head = network.decoder.seg_layers[-1]
-            head.weight.zero_(), head.bias.copy_(10.0 * torch.eye(3)[label])
+    # label 1, each with a probability of 0.9999
+    predict_one_class(trainer.network, 0)
+    predict_one_class(trainer.teacher, 1)
     labels, mask = trainer.weak_pseudo_labels(images)
     assert (labels == 1).all() and mask.all()
     # the strong view's box carries the other sample's pseudo-labels and mask along with its image

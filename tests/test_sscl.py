@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from conftest import predict_one_class
 from nnunet_semi.losses.inpainting import inpainting_loss, masked_l1
 from nnunet_semi.networks.sscl import GatedFeatureFusion, SSCLNetwork, foreground
 
@@ -99,19 +100,12 @@ def test_two_pass_network_outputs_like_stock_nnunet(conv, patch):
     assert torch.equal(fresh(x), sscl(x))
 
 
-def _force_all_foreground(sscl: SSCLNetwork) -> None:
-    """Every voxel's coarse (pass-1) prediction becomes class 2: pass 2 sees an all-0 blanked image."""
-    with torch.no_grad():
-        sscl.decoder.seg_layers[-1].weight.zero_()
-        sscl.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
-
-
 def test_pass_two_sees_the_blanked_image():
     torch.manual_seed(0)
     sscl = SSCLNetwork(_unet(torch.nn.Conv2d, 2, in_channels=1), num_input_channels=1)
     seen = []
     sscl.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0]))
-    _force_all_foreground(sscl)
+    predict_one_class(sscl, 2)  # every voxel's coarse (pass-1) prediction foreground
     x = torch.randn(1, 1, 16, 16)
     sscl(x)
     assert len(seen) == 2 and torch.equal(seen[0], x) and torch.count_nonzero(seen[1]) == 0
@@ -121,7 +115,7 @@ def test_without_full_resolution_fusion_each_decoder_reads_its_own_image_there()
     torch.manual_seed(0)
     sscl = SSCLNetwork(_unet(torch.nn.Conv2d, 2, in_channels=1), num_input_channels=1, fuse_full_resolution=False)
     assert len(sscl.fusions) == 3  # the two lower skips and the bottleneck
-    _force_all_foreground(sscl)  # the blanked image is all 0
+    predict_one_class(sscl, 2)  # every voxel's coarse prediction foreground: the blanked image is all 0
     decoded = []
     sscl.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0]))
     x = torch.randn(1, 1, 16, 16)
