@@ -54,3 +54,28 @@ def test_the_two_stages_on_a_real_batch(tiny_dataset):
     for k, t in trainer.teacher.state_dict().items():  # the EMA of the reset teacher (= the student before the step)
         assert torch.allclose(t, decay * student_before[k] + (1 - decay) * student_after[k], atol=1e-6), k
     trainer.on_train_end()
+
+
+def test_the_labeled_term_is_stock_loss_on_the_unmixed_batch_and_no_warmup_self_trains_at_once(tiny_dataset):
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, 'nnUNetTrainerBCP_labeledTerm', 4, num_epochs=4, num_iterations_per_epoch=2)
+    trainer.on_train_start()
+    for step in range(3):  # a warm-up step and the first self-training step
+        batch = next(trainer.dataloader_train)
+        labeled = trainer.to_device(batch)
+        with torch.no_grad():  # nnU-Net's networks have no dropout: the step's forward pass gives the same loss
+            expected = trainer.loss(trainer.network(labeled['data']), labeled['target']).item()
+        out = trainer.train_step(batch)
+        assert out['weight_supervised'] == 1.0 and out['term_supervised'] == pytest.approx(expected, rel=1e-4)
+        assert out['loss'] == pytest.approx(out['term_supervised'] + out['term_ground_truth_part'] +
+                                            out['weight_pseudo_label_part'] * out['term_pseudo_label_part'], rel=1e-5)
+    assert out['weight_pseudo_label_part'] == 0.5
+    trainer.on_train_end()
+
+    trainer = trainer_from_args(ds, 'nnUNetTrainerBCP_noWarmup', 4, num_epochs=4, num_iterations_per_epoch=2)
+    trainer.on_train_start()
+    assert trainer.warmup_iterations() == 0
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out['weight_pseudo_label_part'] == 0.5 and 'term_supervised' not in out
+    trainer.on_train_end()

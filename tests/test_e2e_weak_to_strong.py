@@ -1,5 +1,6 @@
-"""FixMatch's pseudo-label term added to the other methods (``<method>_FixMatch``, trainers/weak_to_strong.py): MASSL
-with it through nnUNetv2_train and nnUNetv2_predict in 2d, and one step of each variant on a real 3d batch."""
+"""FixMatch's pseudo-label term added to the other methods (``<method>_FixMatch`` and ``_FixMatchEMA``,
+trainers/weak_to_strong.py): MASSL with it through nnUNetv2_train and nnUNetv2_predict in 2d, and one step of each
+variant on a real 3d batch."""
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ def test_massl_with_the_fixmatch_term_2d_trains_and_predicts(tiny_dataset, tmp_p
 
 @pytest.mark.parametrize('name', ['nnUNetTrainerMeanTeacher_FixMatch', 'nnUNetTrainerSSCL_FixMatch',
                                   'nnUNetTrainerCAML_FixMatch', 'nnUNetTrainerMASSLJoint_FixMatch',
-                                  'nnUNetTrainerMASSL_FixMatch'])
+                                  'nnUNetTrainerMASSL_FixMatch', 'nnUNetTrainerMASSL_FixMatchEMA'])
 def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
@@ -43,7 +44,9 @@ def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
         trainer.train_step(next(trainer.dataloader_train))
         assert steps[0] == ({'segmentation', 'pseudo_label', 'confident_share'}, [trainer.optimizer])
         assert steps[1][0] == {'reconstruction'}
-    if name == 'nnUNetTrainerMeanTeacher_FixMatch':  # the pseudo-labels are the teacher's: a silent one gives none
+    # _FixMatch labels with the network itself, _FixMatchEMA (and Mean Teacher) with an EMA teacher
+    assert (trainer.teacher is None) == (name.endswith('_FixMatch') and 'MeanTeacher' not in name)
+    if trainer.teacher is not None:  # the pseudo-labels are the teacher's: a silent one gives none
         for p in trainer.teacher.parameters():
             p.data.zero_()  # every logit 0: probability 1/3 per class, nothing reaches 0.95
         out = trainer.train_step(next(trainer.dataloader_train))

@@ -31,7 +31,7 @@ import torch
 from nnunet_semi.data.strong_views import copy_paste_box, mix
 from nnunet_semi.losses.pseudo_label import largest_component, pseudo_labels
 from nnunet_semi.trainers.base import nnUNetTrainerSemi
-from nnunet_semi.trainers.variants import add_short_variants
+from nnunet_semi.trainers.variants import add_short_variants, add_variant
 
 
 def copy_paste_both_ways(labeled: tuple, unlabeled: tuple, box: torch.Tensor):
@@ -57,6 +57,7 @@ class nnUNetTrainerBCP(nnUNetTrainerSemi):
         self.warmup_share = 0.25  # of the epochs (rounded): labeled-only copy-paste pre-training
         self.largest_component = True  # pseudo-labels: each class's largest connected component (BCP's ACDC code)
         self.confidence_threshold = 0.95  # only for the logged share of confident voxels: BCP keeps every voxel
+        self.labeled_weight = 0.0  # > 0: stock nnU-Net's loss on the un-mixed labeled batch too (``_labeledTerm``)
 
     def warmup_iterations(self) -> int:
         return int(round(self.warmup_share * self.num_epochs)) * self.num_iterations_per_epoch
@@ -92,6 +93,13 @@ class nnUNetTrainerBCP(nnUNetTrainerSemi):
         return self.masked_loss(output, labels, valid & part)
 
     def compute_losses(self, labeled, unlabeled):
+        terms = self.copy_paste_terms(labeled, unlabeled)
+        if self.labeled_weight:
+            terms['supervised'] = (self.labeled_weight, self.loss(self.network(labeled['data']), labeled['target']))
+        return terms
+
+    def copy_paste_terms(self, labeled, unlabeled):
+        """BCP's loss terms: the copy-paste pre-training's, or the self-training's on the two mixed batches."""
         images, (labels, valid) = labeled['data'], self.ground_truth(labeled['target'])
         box = copy_paste_box(images.shape[0], images.shape[2:], self.box_side, images.device)
         if self.iteration < self.warmup_iterations():  # copy-paste of labeled patches only, both parts ground truth
@@ -114,4 +122,6 @@ class nnUNetTrainerBCP(nnUNetTrainerSemi):
                 'confident_share': (None, confident_share)}
 
 
-__all__ = ['nnUNetTrainerBCP'] + add_short_variants(nnUNetTrainerBCP, globals())
+__all__ = ['nnUNetTrainerBCP'] + add_short_variants(nnUNetTrainerBCP, globals()) + \
+    add_variant(nnUNetTrainerBCP, 'nnUNetTrainerBCP_labeledTerm', globals(), labeled_weight=1.0) + \
+    add_variant(nnUNetTrainerBCP, 'nnUNetTrainerBCP_noWarmup', globals(), warmup_share=0.0)

@@ -52,6 +52,6 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
 
 __all__ = ['nnUNetTrainerMeanTeacher'] + add_short_variants(nnUNetTrainerMeanTeacher, globals()) + \
-    add_fixmatch_variant(nnUNetTrainerMeanTeacher, globals())
+    add_fixmatch_variant(nnUNetTrainerMeanTeacher, globals(), ema_variant=False)  # its teacher labels already
 __all__ += add_variant(nnUNetTrainerMeanTeacher, 'nnUNetTrainerMeanTeacher_deployTeacher', globals(),
                        deploy_teacher=True)

@@ -79,7 +79,11 @@ class FixMatchTerm(WeakToStrong):
         return terms
 
 
-def add_fixmatch_variant(base: type, namespace: dict) -> list:
+def add_fixmatch_variant(base: type, namespace: dict, ema_variant: bool = True) -> list:
     """Define ``<base>_FixMatch``, ``base`` with FixMatch's term, and its short schedules in ``namespace`` (a module's
-    globals()); returns their names."""
-    return add_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,))
+    globals()), and with ``ema_variant`` (for a method without an EMA teacher of its own) ``<base>_FixMatchEMA``, whose
+    pseudo-labels come from an EMA teacher of the deployed network, as nnUNetTrainerFixMatch's; returns their names."""
+    names = add_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,))
+    if ema_variant:
+        names += add_variant(base, f'{base.__name__}_FixMatchEMA', namespace, mixins=(FixMatchTerm,), ema_teacher=True)
+    return names
