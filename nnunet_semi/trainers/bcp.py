@@ -24,8 +24,8 @@ loss is the same with both parts ground truth, weight 1.
 Departure, measured: every iteration, in both stages, the network also takes stock nnU-Net's step on the un-mixed
 labeled batch (``supervised``, weight ``labeled_weight`` 1), where BCP trains on the mixed images only
 (``_mixedOnly``). Trained on mixed images only, the network never sees a whole labeled image, and on Hippocampus with
-three labeled cases it trailed labeled-only nnU-Net from the first epoch on; with the term it gained more on every
-split measured (docs/bcp.md). It costs one more forward and backward pass of the labeled batch.
+three labeled cases it trailed labeled-only nnU-Net through most of its training; with the term it gained more on
+each of the three splits (docs/bcp.md). It costs one more forward and backward pass of the labeled batch.
 
 Departure, for nnU-Net's schedule: BCP's own SGD schedules (constant lr on ACDC, a fresh optimizer with step decay
 on LA) give way to one nnU-Net poly schedule through both stages, so the budget is every trainer's; docs/bcp.md lists
