@@ -172,6 +172,10 @@ class nnUNetTrainerSemi(nnUNetTrainer):
         return masked_pseudo_label_loss(output, labels, mask, self.label_manager.has_regions,
                                         self.deep_supervision_weights(), dice=dice, class_weights=class_weights)
 
+    def labeled_loss(self, labeled: Batch) -> torch.Tensor:
+        """Stock nnU-Net's loss of the network on the labeled batch, as nnUNetTrainer.train_step computes it."""
+        return self.loss(self.network(labeled['data']), labeled['target'])
+
     @staticmethod
     def full_resolution(output) -> torch.Tensor:
         """The full-resolution output of a network with or without deep supervision."""

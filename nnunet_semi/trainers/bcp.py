@@ -101,7 +101,7 @@ class nnUNetTrainerBCP(nnUNetTrainerSemi):
     def compute_losses(self, labeled, unlabeled):
         terms = self.copy_paste_terms(labeled, unlabeled)
         if self.labeled_weight:
-            terms['supervised'] = (self.labeled_weight, self.loss(self.network(labeled['data']), labeled['target']))
+            terms['supervised'] = (self.labeled_weight, self.labeled_loss(labeled))
         return terms
 
     def copy_paste_terms(self, labeled, unlabeled):

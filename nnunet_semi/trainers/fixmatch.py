@@ -40,7 +40,7 @@ class nnUNetTrainerFixMatch(WeakToStrong, nnUNetTrainerSemi):
         self.ema_teacher = True  # self.teacher labels the weak views; the base builds, updates and saves it
 
     def compute_losses(self, labeled, unlabeled):
-        return {'supervised': (1.0, self.loss(self.network(labeled['data']), labeled['target'])),
+        return {'supervised': (1.0, self.labeled_loss(labeled)),
                 **self.weak_to_strong_terms(unlabeled['data'])}
 
 

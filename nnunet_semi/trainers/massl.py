@@ -123,7 +123,7 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
         batches for L_S and L_R."""
         n, target = labeled['data'].shape[0], labeled['target']
         if self.alternating:
-            return {'segmentation': (1.0, self.loss(self.network(labeled['data']), target))}
+            return {'segmentation': (1.0, self.labeled_loss(labeled))}
         x = torch.cat((labeled['data'], unlabeled['data']))
         first = 0 if self.reconstruct_labeled else n  # the images to reconstruct are x[first:]
         segmentation, reconstruction = self.segment_and_reconstruct(x, first)

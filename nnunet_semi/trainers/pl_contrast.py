@@ -206,7 +206,7 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
 
     def compute_losses(self, labeled, unlabeled):
         if unlabeled is None:  # warm-up: labeled cases only
-            return {'supervised': (1.0, self.loss(self.network(labeled['data']), labeled['target'])),
+            return {'supervised': (1.0, self.labeled_loss(labeled)),
                     'contrastive': (0.0, torch.zeros((), device=self.device))}
         images, target = torch.cat((labeled['data'], unlabeled['data'])), labeled['target']
         n, u = labeled['data'].shape[0], unlabeled['data'].shape[0]

@@ -18,8 +18,9 @@ On an unlabeled batch u (its weak view: nnU-Net's own augmentation):
 
 ``FixMatchTerm`` adds the term, and the share of confident voxels, to the loss terms of any method whose step that
 trains its deployed network goes through ``compute_losses``: ``add_fixmatch_variant(nnUNetTrainerMASSL, globals())``
-defines ``nnUNetTrainerMASSL_FixMatch``. The term costs one more forward and backward pass of the deployed network
-on the unlabeled batch.
+defines ``nnUNetTrainerMASSL_FixMatch`` (the network's own pseudo-labels) and ``nnUNetTrainerMASSL_FixMatchEMA``
+(an EMA teacher's). The term costs one more forward and backward pass of the deployed network on the unlabeled
+batch.
 """
 import torch
 
