@@ -121,9 +121,9 @@ class nnUNetTrainerMASSL(nnUNetTrainerSemi):
     def compute_losses(self, labeled, unlabeled):
         """The terms of the step that trains E + D_S: alternating, L_S of the labeled batch; joint, one pass over both
         batches for L_S and L_R."""
-        n, target = labeled['data'].shape[0], labeled['target']
         if self.alternating:
             return {'segmentation': (1.0, self.labeled_loss(labeled))}
+        n, target = labeled['data'].shape[0], labeled['target']
         x = torch.cat((labeled['data'], unlabeled['data']))
         first = 0 if self.reconstruct_labeled else n  # the images to reconstruct are x[first:]
         segmentation, reconstruction = self.segment_and_reconstruct(x, first)
