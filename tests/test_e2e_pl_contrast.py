@@ -94,7 +94,7 @@ def test_warmup_and_round_steps_with_a_grad_scaler(tiny_dataset):
     from the self-training term (``_selfTraining``'s settings)."""
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
-    t = trainer_from_args(ds, 'nnUNetTrainerPLContrast', 3, num_epochs=3, confidence_threshold=0.9,
+    t = trainer_from_args(ds, 'nnUNetTrainerPLContrast', 3, num_epochs=3, round_confidence_threshold=0.9,
                           self_training_weight=1.0)
     t.grad_scaler = torch.amp.GradScaler('cpu')
     t.on_train_start()

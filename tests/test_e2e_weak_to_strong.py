@@ -1,6 +1,6 @@
 """FixMatch's pseudo-label term added to the other methods (``<method>_FixMatch`` and ``_FixMatchEMA``,
 trainers/weak_to_strong.py): MASSL with it through nnUNetv2_train and nnUNetv2_predict in 2d, and one step of each
-variant on a real 3d batch."""
+variant on a real 3d batch, the siamese fine-tuning's (labeled-only on its own) and PLContrast's round included."""
 import numpy as np
 import pytest
 import torch
@@ -22,12 +22,16 @@ def test_massl_with_the_fixmatch_term_2d_trains_and_predicts(tiny_dataset, tmp_p
 
 @pytest.mark.parametrize('name', ['nnUNetTrainerMeanTeacher_FixMatch', 'nnUNetTrainerSSCL_FixMatch',
                                   'nnUNetTrainerCAML_FixMatch', 'nnUNetTrainerMASSLJoint_FixMatch',
-                                  'nnUNetTrainerMASSL_FixMatch', 'nnUNetTrainerMASSL_FixMatchEMA'])
+                                  'nnUNetTrainerMASSL_FixMatch', 'nnUNetTrainerMASSL_FixMatchEMA',
+                                  'nnUNetTrainerPLContrast_FixMatchEMA', 'nnUNetTrainerSiameseFinetune_FixMatchEMA'])
 def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
     trainer = trainer_from_args(ds, name, 4, num_epochs=1)
     trainer.on_train_start()
+    trainer.on_train_epoch_start()  # PLContrast, one epoch long, has no warm-up: its first round starts here
+    # the siamese fine-tuning reads unlabeled batches only for the term
+    assert trainer.dataloader_unlabeled is not None
     out = trainer.train_step(next(trainer.dataloader_train))
     terms = {k[len('term_'):] for k in out if k.startswith('term_')}
     assert 'pseudo_label' in terms and len(terms) >= 2 and 0.0 <= out['metric_confident_share'] <= 1.0

@@ -21,6 +21,9 @@ data. The authors ran it as separate manual stages; here the stages run by thems
 After ``-pretrained_weights`` the warm-up is shorter (``pretrained_warmup_fraction``): nnU-Net never transfers the
 segmentation layers, so a few labeled epochs must train them before the first pseudo-labels. The deployed network is
 nnU-Net's plain network; the projection head is saved under the checkpoint's ``nnunet_semi`` key.
+
+``nnUNetTrainerPLContrast_FixMatch`` and ``_FixMatchEMA``: FixMatch's pseudo-label term on the rounds' unlabeled
+batches, beside the contrastive term (trainers/weak_to_strong.py); the warm-up stays labeled-only.
 """
 import shutil
 from time import time
@@ -40,6 +43,7 @@ from nnunet_semi.networks.parts import output_of
 from nnunet_semi.networks.projection import ProjectionHead
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.variants import add_short_variants, add_variant
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 def warmup_length(num_epochs: int, fraction: float) -> int:
@@ -91,7 +95,9 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         self.warmup_fraction = 0.25  # labeled-only epochs before the first pseudo-labels (paper: 5,000 of 20,000)
         self.pretrained_warmup_fraction = 0.05  # the same after -pretrained_weights
         self.num_rounds = 3  # pseudo-labels are regenerated at the start of each
-        self.confidence_threshold = None  # e.g. 0.9: pseudo-label pixels of lower probability are left out of L_local
+        # e.g. 0.9: the rounds' pseudo-label pixels of lower probability are left out of L_local (its own name: the
+        # _FixMatch variants' term has its confidence_threshold)
+        self.round_confidence_threshold = None
         self.same_image_pairs = True  # second intensity views of every other image, paired with their originals
         self.self_training_weight = 0.0  # > 0: the pseudo-labels also supervise the segmentation (_selfTraining)
         self.pseudo_label_mirroring = False  # nnU-Net's test-time mirroring for pseudo-labels (2^axes times slower)
@@ -104,9 +110,9 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
 
     # ------------------------------------------------------------------ modules
     def build_semi_modules(self):
-        if self.confidence_threshold is not None and self.label_manager.has_regions:
-            raise RuntimeError(f'{self.__class__.__name__}: confidence_threshold needs plain labels; dataset.json '
-                               f'defines regions. Set confidence_threshold = None for this dataset.')
+        if self.round_confidence_threshold is not None and self.label_manager.has_regions:
+            raise RuntimeError(f'{self.__class__.__name__}: round_confidence_threshold needs plain labels; '
+                               f'dataset.json defines regions. Set round_confidence_threshold = None for this dataset.')
         encoder = unwrap(self.network).encoder
         self.projection_head = ProjectionHead(encoder.output_channels[0], encoder.conv_op, self.projection_dim)
         self.register_optimizer('projection_head', self.projection_head.parameters())
@@ -187,9 +193,10 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(image[:])).float())
         logits = logits.cpu()  # nnU-Net's label manager converts tensors through numpy
         segmentation = self.label_manager.convert_logits_to_segmentation(logits)
-        if self.confidence_threshold is not None:
+        if self.round_confidence_threshold is not None:
             confidence = self.label_manager.apply_inference_nonlin(logits).max(0).values
-            segmentation = torch.where(confidence < self.confidence_threshold, pseudo_labels.UNCERTAIN, segmentation)
+            segmentation = torch.where(confidence < self.round_confidence_threshold, pseudo_labels.UNCERTAIN,
+                                       segmentation)
         return segmentation.numpy()[None]
 
     # ------------------------------------------------------------------ one iteration
@@ -243,4 +250,5 @@ __all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContra
     add_variant(nnUNetTrainerPLContrast, 'nnUNetTrainerPLContrast_differentImagePairs', globals(),
                 same_image_pairs=False) + \
     add_variant(nnUNetTrainerPLContrast, 'nnUNetTrainerPLContrast_selfTraining', globals(), self_training_weight=1.0,
-                confidence_threshold=0.95)
+                round_confidence_threshold=0.95) + \
+    add_fixmatch_variant(nnUNetTrainerPLContrast, globals())

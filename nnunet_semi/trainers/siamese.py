@@ -24,6 +24,9 @@ regions) share 0.6 and Dice 0.4 at the start, moving linearly to ``ce_weight_end
 authors' released code) over the first ``ce_shift_fraction`` (half) of the epochs, then constant. The paper gives no
 end point or pace; both are options. The weights sum to 2 (``weight_sum``), as stock nnU-Net's CE 1 + Dice 1, so
 that only the balance differs from stock; the paper's sum to 1 (``_paperScale``).
+
+``nnUNetTrainerSiameseFinetune_FixMatch`` and ``_FixMatchEMA``: the fine-tuning with FixMatch's pseudo-label term on
+unlabeled batches beside its labeled ones (trainers/weak_to_strong.py).
 """
 import copy
 
@@ -44,6 +47,7 @@ from nnunet_semi.networks.siamese import BottleneckEmbedding
 from nnunet_semi.trainers.base import nnUNetTrainerSemi, unwrap
 from nnunet_semi.trainers.ramps import linear_rampup
 from nnunet_semi.trainers.variants import add_short_variants, add_variant, define_variant
+from nnunet_semi.trainers.weak_to_strong import add_fixmatch_variant
 
 
 class nnUNetTrainerSiamesePretrain(nnUNetTrainerSemi):
@@ -217,3 +221,4 @@ __all__ += add_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetu
 # the same training under its own name, for the benchmark's from-scratch control beside the pretrained chain (one
 # trainer name is one model folder per split)
 __all__ += add_variant(nnUNetTrainerSiameseFinetune, 'nnUNetTrainerSiameseFinetune_fromScratch', globals())
+__all__ += add_fixmatch_variant(nnUNetTrainerSiameseFinetune, globals())

@@ -20,7 +20,8 @@ On an unlabeled batch u (its weak view: nnU-Net's own augmentation):
 trains its deployed network goes through ``compute_losses``: ``add_fixmatch_variant(nnUNetTrainerMASSL, globals())``
 defines ``nnUNetTrainerMASSL_FixMatch`` (the network's own pseudo-labels) and ``nnUNetTrainerMASSL_FixMatchEMA``
 (an EMA teacher's). The term costs one more forward and backward pass of the deployed network on the unlabeled
-batch.
+batch. A method without unlabeled batches of its own (the siamese fine-tuning) gets them with the term; one that has
+them only in part of its training (PLContrast's rounds) has the term there only.
 """
 import torch
 
@@ -72,6 +73,7 @@ class WeakToStrong:
 
 class FixMatchTerm(WeakToStrong):
     """Mixin: the method's loss terms plus FixMatch's pseudo-label term of its deployed network, in the same step."""
+    uses_unlabeled_data = True  # the term's batch, also for a method that trains on labeled cases only
 
     def compute_losses(self, labeled, unlabeled):
         terms = super().compute_losses(labeled, unlabeled)
