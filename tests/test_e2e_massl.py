@@ -57,7 +57,7 @@ def test_alternating_steps_update_what_the_paper_says(tiny_dataset):
     decoder getting no gradient at all (frozen), yet passing the reconstruction's gradient on to the encoder."""
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
-    trainer = trainer_from_args(ds, 'nnUNetTrainerMASSL', 4, num_epochs=1)
+    trainer = trainer_from_args(ds, 'nnUNetTrainerMASSL_noFixMatch', 4, num_epochs=1)
     trainer.on_train_start()
     states, grads = [], []
     step = trainer.optimization_step

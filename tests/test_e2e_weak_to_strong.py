@@ -1,6 +1,7 @@
-"""FixMatch's pseudo-label term added to the other methods (``<method>_FixMatch`` and ``_FixMatchEMA``,
-trainers/weak_to_strong.py): MASSL with it through nnUNetv2_train and nnUNetv2_predict in 2d, and one step of each
-variant on a real 3d batch, the siamese fine-tuning's (labeled-only on its own) and PLContrast's round included."""
+"""FixMatch's pseudo-label term added to the other methods (``<method>_FixMatch`` and ``_FixMatchEMA``, and by default
+in Mean Teacher and MASSL, trainers/weak_to_strong.py): MASSL with it through nnUNetv2_train and nnUNetv2_predict in
+2d, and one step of each variant on a real 3d batch, the siamese fine-tuning's (labeled-only on its own) and
+PLContrast's round included; the paper's forms (``_noFixMatch``) without it."""
 import numpy as np
 import pytest
 import torch
@@ -20,9 +21,9 @@ def test_massl_with_the_fixmatch_term_2d_trains_and_predicts(tiny_dataset, tmp_p
     predict(tiny_dataset, '2d', trainer, tmp_path)
 
 
-@pytest.mark.parametrize('name', ['nnUNetTrainerMeanTeacher_FixMatch', 'nnUNetTrainerSSCL_FixMatch',
-                                  'nnUNetTrainerCAML_FixMatch', 'nnUNetTrainerMASSLJoint_FixMatch',
-                                  'nnUNetTrainerMASSL_FixMatch', 'nnUNetTrainerMASSL_FixMatchEMA',
+@pytest.mark.parametrize('name', ['nnUNetTrainerMeanTeacher', 'nnUNetTrainerSSCL_FixMatch',
+                                  'nnUNetTrainerCAML_FixMatch', 'nnUNetTrainerMASSLJoint',
+                                  'nnUNetTrainerMASSL_FixMatch', 'nnUNetTrainerMASSL',
                                   'nnUNetTrainerPLContrast_FixMatchEMA', 'nnUNetTrainerSiameseFinetune_FixMatchEMA'])
 def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
     ds = tiny_dataset
@@ -48,13 +49,27 @@ def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
         trainer.train_step(next(trainer.dataloader_train))
         assert steps[0] == ({'segmentation', 'pseudo_label', 'confident_share'}, [trainer.optimizer])
         assert steps[1][0] == {'reconstruction'}
-    # _FixMatch labels with the network itself, _FixMatchEMA (and Mean Teacher) with an EMA teacher
-    assert (trainer.teacher is None) == (name.endswith('_FixMatch') and 'MeanTeacher' not in name)
+    # _FixMatch labels with the network itself; _FixMatchEMA, Mean Teacher and MASSL (their defaults) with an EMA teacher
+    assert (trainer.teacher is None) == name.endswith('_FixMatch')
     if trainer.teacher is not None:  # the pseudo-labels are the teacher's: a silent one gives none
         for p in trainer.teacher.parameters():
             p.data.zero_()  # every logit 0: probability 1/3 per class, nothing reaches 0.95
         out = trainer.train_step(next(trainer.dataloader_train))
         assert out['metric_confident_share'] == 0.0 and out['term_pseudo_label'] == 0.0
+    trainer.on_train_end()
+
+
+@pytest.mark.parametrize('name, terms', [('nnUNetTrainerMeanTeacher_noFixMatch', {'supervised', 'consistency'}),
+                                         ('nnUNetTrainerMASSL_noFixMatch', {'segmentation', 'reconstruction'})])
+def test_the_papers_forms_have_no_fixmatch_term(tiny_dataset, name, terms):
+    ds = tiny_dataset
+    preprocess_unlabeled(ds, '3d_fullres')
+    trainer = trainer_from_args(ds, name, 4, num_epochs=1)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert {k[len('term_'):] for k in out if k.startswith('term_')} == terms and 'metric_confident_share' not in out
+    assert (trainer.teacher is None) == ('MASSL' in name)  # MASSL's paper has no teacher; Mean Teacher's is its own
     trainer.on_train_end()
 
 

@@ -17,11 +17,12 @@ On an unlabeled batch u (its weak view: nnU-Net's own augmentation):
   cross-entropy by the inverse share of its pseudo-class among the confident voxels; lambda_u = 1, no ramp-up.
 
 ``FixMatchTerm`` adds the term, and the share of confident voxels, to the loss terms of any method whose step that
-trains its deployed network goes through ``compute_losses``: ``add_fixmatch_variant(nnUNetTrainerMASSL, globals())``
-defines ``nnUNetTrainerMASSL_FixMatch`` (the network's own pseudo-labels) and ``nnUNetTrainerMASSL_FixMatchEMA``
-(an EMA teacher's). The term costs one more forward and backward pass of the deployed network on the unlabeled
-batch. A method without unlabeled batches of its own (the siamese fine-tuning) gets them with the term; one that has
-them only in part of its training (PLContrast's rounds) has the term there only.
+trains its deployed network goes through ``compute_losses``: ``add_fixmatch_variant(nnUNetTrainerSSCL, globals())``
+defines ``nnUNetTrainerSSCL_FixMatch`` (the network's own pseudo-labels) and ``nnUNetTrainerSSCL_FixMatchEMA``
+(an EMA teacher's). Mean Teacher and MASSL have the term by default (their ``_noFixMatch`` is the paper's form).
+The term costs one more forward and backward pass of the deployed network on the unlabeled batch. A method without
+unlabeled batches of its own (the siamese fine-tuning) gets them with the term; one that has them only in part of
+its training (PLContrast's rounds) has the term there only.
 """
 import torch
 
@@ -82,11 +83,9 @@ class FixMatchTerm(WeakToStrong):
         return terms
 
 
-def add_fixmatch_variant(base: type, namespace: dict, ema_variant: bool = True) -> list:
-    """Define ``<base>_FixMatch``, ``base`` with FixMatch's term, and its short schedules in ``namespace`` (a module's
-    globals()), and with ``ema_variant`` (for a method without an EMA teacher of its own) ``<base>_FixMatchEMA``, whose
-    pseudo-labels come from an EMA teacher of the deployed network, as nnUNetTrainerFixMatch's; returns their names."""
-    names = add_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,))
-    if ema_variant:
-        names += add_variant(base, f'{base.__name__}_FixMatchEMA', namespace, mixins=(FixMatchTerm,), ema_teacher=True)
-    return names
+def add_fixmatch_variant(base: type, namespace: dict) -> list:
+    """Define ``<base>_FixMatch``, ``base`` with FixMatch's term, and ``<base>_FixMatchEMA``, whose pseudo-labels come
+    from an EMA teacher of the deployed network, as nnUNetTrainerFixMatch's, with their short schedules in
+    ``namespace`` (a module's globals()); returns their names."""
+    return add_variant(base, f'{base.__name__}_FixMatch', namespace, mixins=(FixMatchTerm,)) + \
+        add_variant(base, f'{base.__name__}_FixMatchEMA', namespace, mixins=(FixMatchTerm,), ema_teacher=True)
