@@ -101,7 +101,7 @@ def test_warmup_and_round_steps_with_a_grad_scaler(tiny_dataset):
     head = [p.detach().clone() for p in t.projection_head.parameters()]
     t.on_train_epoch_start()  # epoch 0: warm-up
     out = t.train_step(next(t.dataloader_train))
-    assert out['weight_contrastive'] == 0.0 and t.dataloader_unlabeled is None and 'term_pseudo_label' not in out
+    assert out['weight_contrastive'] == 0.0 and t.dataloader_unlabeled is None and 'term_self_training' not in out
     assert all(torch.equal(a, b) for a, b in zip(head, t.projection_head.parameters()))
     t.current_epoch = 1
     t.on_train_epoch_start()  # round 1: pseudo-labels of every unlabeled case, then joint steps
@@ -114,18 +114,18 @@ def test_warmup_and_round_steps_with_a_grad_scaler(tiny_dataset):
     assert t.contrastive_classes(torch.from_numpy(labels).long()[None]).min() == -1
     out = t.train_step(next(t.dataloader_train))
     assert out['weight_contrastive'] == 0.1 and out['term_contrastive'] > 0
-    assert out['weight_pseudo_label'] == 1.0 and np.isfinite(out['term_pseudo_label'])
-    assert 0 <= out['metric_confident_share'] < 0.5
+    assert out['weight_self_training'] == 1.0 and np.isfinite(out['term_self_training'])
+    assert 0 <= out['metric_self_training_confident_share'] < 0.5
     assert any(not torch.equal(a, b) for a, b in zip(head, t.projection_head.parameters()))
     t.on_train_end()
 
     # the self-training term: what the network predicts at an uncertain voxel changes nothing; at a certain one it does
     target = torch.tensor([[[[[0, 1, -2, 2]]]]])  # (B=1, 1, 1, 1, 4): one uncertain voxel
     logits = torch.randn(1, 3, 1, 1, 4)
-    loss = t.self_training_terms(logits, target)['pseudo_label'][1]
+    loss = t.self_training_terms(logits, target)['self_training'][1]
     changed = logits.clone()
     changed[..., 2] += torch.tensor([5.0, -3.0, 1.0])[:, None, None]
-    assert torch.allclose(t.self_training_terms(changed, target)['pseudo_label'][1], loss)
+    assert torch.allclose(t.self_training_terms(changed, target)['self_training'][1], loss)
     changed[..., 1] += torch.tensor([5.0, -3.0, 1.0])[:, None, None]
-    assert not torch.allclose(t.self_training_terms(changed, target)['pseudo_label'][1], loss)
-    assert t.self_training_terms(logits, target)['confident_share'][1] == 0.75
+    assert not torch.allclose(t.self_training_terms(changed, target)['self_training'][1], loss)
+    assert t.self_training_terms(logits, target)['self_training_confident_share'][1] == 0.75

@@ -28,7 +28,9 @@ def test_massl_with_the_fixmatch_term_2d_trains_and_predicts(tiny_dataset, tmp_p
 def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
     ds = tiny_dataset
     preprocess_unlabeled(ds, '3d_fullres')
-    trainer = trainer_from_args(ds, name, 4, num_epochs=1)
+    # PLContrast with its own self-training term too: both terms are logged, under their own names
+    settings = {'self_training_weight': 1.0} if 'PLContrast' in name else {}
+    trainer = trainer_from_args(ds, name, 4, num_epochs=1, **settings)
     trainer.on_train_start()
     trainer.on_train_epoch_start()  # PLContrast, one epoch long, has no warm-up: its first round starts here
     # the siamese fine-tuning reads unlabeled batches only for the term
@@ -38,6 +40,8 @@ def test_the_fixmatch_term_joins_each_method_in_one_step(tiny_dataset, name):
     assert 'pseudo_label' in terms and len(terms) >= 2 and 0.0 <= out['metric_confident_share'] <= 1.0
     assert np.isfinite(out['term_pseudo_label']) and out['weight_pseudo_label'] == 1.0
     assert out['loss'] == pytest.approx(sum(out['weight_' + t] * out['term_' + t] for t in terms), rel=1e-5)
+    if settings:
+        assert {'self_training', 'contrastive'} <= terms and 'metric_self_training_confident_share' in out
     if name == 'nnUNetTrainerMASSL_FixMatch':  # the term trains E + D_S, in the labeled step of the alternation
         step, steps = trainer.optimization_step, []
 

@@ -242,8 +242,9 @@ class nnUNetTrainerPLContrast(nnUNetTrainerSemi):
         regions = self.label_manager.has_regions
         labels = pseudo_target if regions else pseudo_target[:, 0]
         mask = torch.ones_like(labels, dtype=torch.bool) if regions else labels >= 0
-        return {'pseudo_label': (self.self_training_weight, self.masked_loss(output, labels.clamp_min(0), mask)),
-                'confident_share': (None, mask.float().mean())}
+        # named apart from FixMatch's term and share, which a _FixMatch variant logs beside them
+        return {'self_training': (self.self_training_weight, self.masked_loss(output, labels.clamp_min(0), mask)),
+                'self_training_confident_share': (None, mask.float().mean())}
 
 
 __all__ = ['nnUNetTrainerPLContrast'] + add_short_variants(nnUNetTrainerPLContrast, globals()) + \
