@@ -138,9 +138,8 @@ class nnUNetTrainerMASSL_noFixMatch(nnUNetTrainerSemi):
 
 
 class nnUNetTrainerMASSL(FixMatchTerm, nnUNetTrainerMASSL_noFixMatch):
-    """MASSL with FixMatch's term, pseudo-labels by an EMA teacher. Hippocampus 2d: above labeled-only by 59 % of the
-    gap to fully supervised with 1 labeled case, 47 % with 3, where the paper's form is level with or below
-    labeled-only (docs/massl.md)."""
+    """MASSL with FixMatch's term, pseudo-labels by an EMA teacher (the default: measured above labeled-only where the
+    paper's form is not, docs/massl.md)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
